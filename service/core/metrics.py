@@ -1,0 +1,58 @@
+"""Prometheus metrics. Gauges are computed from the database at scrape time (the database is
+the only source of truth), counters and histograms are kept in-process."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from service.models import DeletionRequest, ModelVersion, OPEN_REQUEST_STATUSES
+from service.models._types import utcnow
+
+router = APIRouter(tags=["health"])
+
+
+class DatabaseCollector:
+    def __init__(self, session_factory) -> None:
+        self.session_factory = session_factory
+
+    def collect(self):
+        with self.session_factory() as session:
+            by_status = GaugeMetricFamily(
+                "lethe_deletion_requests", "Deletion requests by status", labels=["status"]
+            )
+            for status, n in session.execute(
+                select(DeletionRequest.status, func.count()).group_by(DeletionRequest.status)
+            ):
+                by_status.add_metric([status], n)
+            yield by_status
+            oldest = session.execute(
+                select(func.min(DeletionRequest.created_at)).where(
+                    DeletionRequest.status.in_([s.value for s in OPEN_REQUEST_STATUSES])
+                )
+            ).scalar()
+            age = GaugeMetricFamily("lethe_queue_oldest_age_seconds", "Age of the oldest open deletion request")
+            age.add_metric([], 0.0 if oldest is None else (utcnow() - _aware(oldest)).total_seconds())
+            yield age
+            versions = GaugeMetricFamily("lethe_model_versions", "Model versions by state", labels=["state"])
+            for state, n in session.execute(select(ModelVersion.state, func.count()).group_by(ModelVersion.state)):
+                versions.add_metric([state], n)
+            yield versions
+
+
+def _aware(dt):
+    from datetime import UTC
+
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(request.app.state.session_factory))
+    for extra in getattr(request.app.state, "metric_collectors", []):
+        registry.register(extra)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,98 @@
+"""The HTTP application. ``create_app()`` builds everything in the lifespan; no torch here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from service.core.config import Settings, get_settings
+from service.core.db import make_engine, make_session_factory
+from service.core.errors import install_error_handlers
+from service.core.limits import BodySizeLimitMiddleware
+from service.core.storage import ArtifactStore
+
+log = logging.getLogger("lethe.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database)
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        app.state.store = ArtifactStore(settings.storage.root)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Lethe",
+        version="0.1.0",
+        description="Makes trained models forget people: deletion requests, forgetting jobs, clean versions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+
+    from service.audit.router import router as audit_router
+    from service.deletion_request.router import router as deletion_router
+    from service.job.router import router as job_router
+    from service.model_registry.router import router as registry_router
+    from service.core.metrics import router as metrics_router
+
+    app.include_router(deletion_router)
+    app.include_router(registry_router)
+    app.include_router(job_router)
+    app.include_router(audit_router)
+    app.include_router(metrics_router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+            ok = False
+            checks["database"] = f"error: {type(exc).__name__}"
+        broker = _check_broker(settings)
+        checks["broker"] = broker
+        ok = ok and broker == "ok"
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    from service.admin.app import create_admin_app
+
+    app.mount("/admin", create_admin_app(settings))
+    return app
+
+
+def _check_broker(settings: Settings) -> str:
+    url = settings.broker.url
+    if not url.startswith(("redis://", "rediss://")):
+        return "ok"  # embedded mode: the in-memory transport lives in this process
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return "ok"
+    except Exception as exc:  # noqa: BLE001
+        return f"error: {type(exc).__name__}"
