@@ -131,5 +131,4 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainVerification:
             prev = ev.hash
             expected_seq += 1
             last_seq = ev.seq
-        session.expunge_all()
     return ChainVerification(True, count, None, None, prev if count else GENESIS)
