@@ -47,12 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.deletion_request.router import router as deletion_router
     from service.job.router import router as job_router
     from service.model_registry.router import router as registry_router
+    from service.subject.router import router as subject_router
     from service.core.metrics import router as metrics_router
 
     app.include_router(deletion_router)
     app.include_router(registry_router)
     app.include_router(job_router)
     app.include_router(audit_router)
+    app.include_router(subject_router)
     app.include_router(metrics_router)
 
     @app.get("/healthz", tags=["health"])
