@@ -1,0 +1,102 @@
+"""Queries on ``deletion_requests``. No commits here: the boundary owns the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.core.pagination import CursorPosition, keyset_page
+from service.models import DeletionRequest, Model, ModelVersion
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    id: int
+    name: str
+    auto_approve: bool
+    sla_days: int
+
+
+def model_policy(session: Session, name: str) -> ModelPolicy | None:
+    row = session.execute(
+        select(Model.id, Model.name, Model.auto_approve, Model.sla_days).where(Model.name == name)
+    ).first()
+    return None if row is None else ModelPolicy(row.id, row.name, bool(row.auto_approve), int(row.sla_days))
+
+
+def all_model_policies(session: Session) -> list[ModelPolicy]:
+    rows = session.execute(select(Model.id, Model.name, Model.auto_approve, Model.sla_days)).all()
+    return [ModelPolicy(r.id, r.name, bool(r.auto_approve), int(r.sla_days)) for r in rows]
+
+
+def model_id_for_name(session: Session, name: str) -> int | None:
+    return session.execute(select(Model.id).where(Model.name == name)).scalar()
+
+
+def try_insert(session: Session, values: dict[str, Any]) -> bool:
+    """Insert one request inside a SAVEPOINT. ``False`` when a unique key (idempotency key or
+    open key) is already taken by a committed row: the caller then reads the winner. Concurrent
+    inserts of the same key wait on the database's unique index, so there is never a duplicate."""
+    try:
+        with session.begin_nested():
+            session.execute(insert(DeletionRequest), [values])
+    except IntegrityError:
+        return False
+    return True
+
+
+def by_idempotency_key(session: Session, key: str) -> DeletionRequest | None:
+    return session.execute(select(DeletionRequest).where(DeletionRequest.idempotency_key == key)).scalar()
+
+
+def by_open_key(session: Session, open_key: str) -> DeletionRequest | None:
+    return session.execute(select(DeletionRequest).where(DeletionRequest.open_key == open_key)).scalar()
+
+
+def lock(session: Session, request_id: uuid.UUID) -> DeletionRequest | None:
+    """``SELECT … FOR UPDATE``: concurrent transitions of one request run one after the other."""
+    return session.execute(
+        select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar()
+
+
+def _read_query() -> Select[Any]:
+    return (
+        select(DeletionRequest, Model.name, ModelVersion.number)
+        .outerjoin(Model, Model.id == DeletionRequest.model_id)
+        .outerjoin(ModelVersion, ModelVersion.id == DeletionRequest.clean_version_id)
+    )
+
+
+def read_one(session: Session, request_id: uuid.UUID) -> tuple[DeletionRequest, str | None, int | None] | None:
+    row = session.execute(_read_query().where(DeletionRequest.id == request_id)).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def read_page(
+    session: Session,
+    *,
+    statuses: Iterable[str] | None,
+    model_id: int | None,
+    subject_key: str | None,
+    position: CursorPosition | None,
+    limit: int,
+) -> list[tuple[DeletionRequest, str | None, int | None]]:
+    stmt = _read_query()
+    if statuses:
+        stmt = stmt.where(DeletionRequest.status.in_(list(statuses)))
+    if model_id is not None:
+        stmt = stmt.where(DeletionRequest.model_id == model_id)
+    if subject_key is not None:
+        stmt = stmt.where(DeletionRequest.subject_key == subject_key)
+    stmt = keyset_page(
+        stmt, DeletionRequest.created_at, DeletionRequest.id, position, limit, id_convert=lambda v: uuid.UUID(str(v))
+    )
+    return [(r[0], r[1], r[2]) for r in session.execute(stmt).all()]

@@ -1,0 +1,65 @@
+"""Request and response bodies of the deletion-request API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.models import RequestStatus
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class DeletionRequestCreate(BaseModel):
+    """``model`` null means every model that holds the subject."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: str = Field(min_length=1, max_length=256, description="The product's id of the person")
+    model: str | None = Field(default=None, min_length=1, max_length=64, description="Registered model name; null = all")
+    reason: str | None = Field(default=None, max_length=2000)
+    source: str | None = Field(default=None, max_length=200)
+
+    _subject_not_blank = field_validator("subject_id", "model")(_not_blank)
+
+
+class DeletionRequestDeny(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why the request is denied (kept in the audit)")
+
+    _reason_not_blank = field_validator("reason")(_not_blank)
+
+
+class DeletionRequestRead(BaseModel):
+    id: uuid.UUID
+    subject_id: str | None = Field(description="The raw id; null once the request is closed")
+    subject_key: str
+    model: str | None
+    status: RequestStatus
+    reason: str | None
+    source: str | None
+    decision_reason: str | None
+    created_at: datetime
+    due_at: datetime
+    days_left: float = Field(description="Days until due_at; negative when overdue")
+    overdue: bool
+    approved_by: str | None
+    approved_at: datetime | None
+    job_id: uuid.UUID | None
+    clean_version: int | None = Field(description="The first version of the model clean of the subject")
+    samples_removed: int | None
+    error: str | None
+    attempts: int
+    completed_at: datetime | None
+
+
+class DeletionRequestPage(BaseModel):
+    items: list[DeletionRequestRead]
+    next_cursor: str | None

@@ -1,0 +1,313 @@
+"""Deletion requests: intake, reads and operator transitions (DESIGN §3, §4, §5).
+
+The HTTP router and the admin dashboard call these functions with a Session; they never
+commit (the boundary does), they ``flush()``.
+
+Intake
+  * One open request per (subject, model): ``open_key = "<subject_key>:<model_id or *>"`` is
+    unique while the request is open (received/awaiting_approval/queued/processing) and NULL
+    otherwise. A second request for the same pair is *merged*: the caller gets the open one.
+  * ``Idempotency-Key``: a replay with the same body returns the request the key created; the
+    same key with a different body is a ``422`` problem. The key is unique in the table.
+  * The insert runs in a SAVEPOINT; a unique violation (a concurrent or earlier request won)
+    falls back to reading the winner, so races are settled by the database, never by Python.
+  * No audit event on intake: the row itself (with ``created_at``) is the record, and the hot
+    path must take thousands of requests a second. Every transition appends one.
+
+Policy for ``model = null`` ("every model holding the subject")
+  * status ``queued`` only if *every* registered model auto-approves (vacuously so when none
+    is registered yet), else ``awaiting_approval``: a model whose owners want to approve
+    erasures by hand is never bypassed by asking for "all models";
+  * ``due_at`` uses the *smallest* ``sla_days`` among registered models (the strictest
+    deadline it will have to meet), 30 days when none is registered;
+  * a null-model request does not merge with a request for one named model (they differ in
+    scope); it merges with another open null-model request for the same subject.
+
+Closing
+  completed/denied/cancelled are final: ``open_key`` and the raw ``subject_id`` are cleared
+  (personal data is not kept after the request closes); ``subject_key`` stays. ``failed`` is
+  not final (an operator may retry it) but it is not open either: its ``open_key`` is NULL
+  (a new request for the subject may be filed) and a retry re-takes it, or is a ``409`` naming
+  the request that holds it now.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.audit.service import append_event
+from service.core.errors import Conflict, IllegalTransition, ModelNotFound, NotFound, ProblemError
+from service.core.pagination import decode_cursor, encode_cursor, split_page
+from service.core.security import subject_key as make_subject_key
+from service.deletion_request import repository as repo
+from service.deletion_request.schemas import DeletionRequestCreate, DeletionRequestPage, DeletionRequestRead
+from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, RequestStatus
+from service.models._types import utcnow
+
+DEFAULT_SLA_DAYS = 30
+AUTO_APPROVER = "policy:auto_approve"
+CURSOR_SCOPE = "deletion_requests"
+FINAL_STATUSES = frozenset({RequestStatus.completed, RequestStatus.denied, RequestStatus.cancelled})
+_SECONDS_PER_DAY = 86400.0
+
+
+class DeletionRequestNotFound(NotFound):
+    type, title = "deletion-request-not-found", "Unknown deletion request"
+
+
+class IdempotencyKeyReused(ProblemError):
+    status, type, title = 422, "idempotency-key-reused", "Idempotency-Key reused with a different body"
+
+
+class OpenRequestExists(Conflict):
+    type, title = "open-request-exists", "Another open request exists for this subject and model"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def open_key_for(subject_key: str, model_id: int | None) -> str:
+    return f"{subject_key}:{'*' if model_id is None else model_id}"
+
+
+def to_read(row: DeletionRequest, model_name: str | None, clean_version: int | None, now: datetime) -> DeletionRequestRead:
+    days_left = (row.due_at - now).total_seconds() / _SECONDS_PER_DAY
+    return DeletionRequestRead(
+        id=row.id,
+        subject_id=row.subject_id,
+        subject_key=row.subject_key,
+        model=model_name,
+        status=RequestStatus(row.status),
+        reason=row.reason,
+        source=row.source,
+        decision_reason=row.decision_reason,
+        created_at=row.created_at,
+        due_at=row.due_at,
+        days_left=days_left,
+        overdue=row.status not in FINAL_STATUSES and days_left < 0,
+        approved_by=row.approved_by,
+        approved_at=row.approved_at,
+        job_id=row.job_id,
+        clean_version=clean_version,
+        samples_removed=row.samples_removed,
+        error=row.error,
+        attempts=row.attempts,
+        completed_at=row.completed_at,
+    )
+
+
+def get(session: Session, request_id: uuid.UUID) -> DeletionRequestRead:
+    found = repo.read_one(session, request_id)
+    if found is None:
+        raise DeletionRequestNotFound(f"No deletion request with id {request_id}")
+    return to_read(*found, utcnow())
+
+
+def list_requests(
+    session: Session,
+    *,
+    secret: str,
+    statuses: list[RequestStatus] | None = None,
+    model: str | None = None,
+    subject_id: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> DeletionRequestPage:
+    """Newest first, keyset-paginated. ``subject_id`` is matched through its subject key, so
+    closed requests (whose raw id is gone) are found too."""
+    position = decode_cursor(cursor, secret=secret, scope=CURSOR_SCOPE) if cursor is not None else None
+    model_id = None
+    if model is not None:
+        model_id = repo.model_id_for_name(session, model)
+        if model_id is None:
+            raise ModelNotFound(f"No model named '{model}' is registered")
+    rows = repo.read_page(
+        session,
+        statuses=[s.value for s in statuses] if statuses else None,
+        model_id=model_id,
+        subject_key=make_subject_key(secret, subject_id) if subject_id is not None else None,
+        position=position,
+        limit=limit,
+    )
+    page, last = split_page(rows, limit, lambda r: (r[0].created_at, r[0].id))
+    now = utcnow()
+    return DeletionRequestPage(
+        items=[to_read(*r, now) for r in page],
+        next_cursor=encode_cursor(*last, secret=secret, scope=CURSOR_SCOPE) if last else None,
+    )
+
+
+# ----------------------------------------------------------------------------- intake
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    request: DeletionRequestRead
+    outcome: str  # "created" | "replayed" | "merged"
+
+    @property
+    def created(self) -> bool:
+        return self.outcome == "created"
+
+
+def _policy(session: Session, model: str | None) -> tuple[int | None, str | None, bool, int]:
+    """(model_id, model_name, auto_approve, sla_days) for a request naming ``model``."""
+    if model is not None:
+        policy = repo.model_policy(session, model)
+        if policy is None:
+            raise ModelNotFound(f"No model named '{model}' is registered", model=model)
+        return policy.id, policy.name, policy.auto_approve, policy.sla_days
+    policies = repo.all_model_policies(session)
+    auto = all(p.auto_approve for p in policies)
+    sla = min((p.sla_days for p in policies), default=DEFAULT_SLA_DAYS)
+    return None, None, auto, sla
+
+
+def _same_body(row: DeletionRequest, sk: str, model_id: int | None, data: DeletionRequestCreate) -> bool:
+    return (
+        row.subject_key == sk
+        and row.model_id == model_id
+        and row.reason == data.reason
+        and row.source == data.source
+    )
+
+
+def create_request(
+    session: Session,
+    *,
+    secret: str,
+    data: DeletionRequestCreate,
+    idempotency_key: str | None = None,
+) -> CreateResult:
+    """File a request, or return the one it replays or merges with. Raises
+    :class:`ModelNotFound` and :class:`IdempotencyKeyReused`; writes nothing then."""
+    sk = make_subject_key(secret, data.subject_id)
+    model_id, model_name, auto, sla_days = _policy(session, data.model)
+    open_key = open_key_for(sk, model_id)
+    now = utcnow()
+    status = RequestStatus.queued if auto else RequestStatus.awaiting_approval
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "subject_id": data.subject_id,
+        "subject_key": sk,
+        "model_id": model_id,
+        "idempotency_key": idempotency_key,
+        "open_key": open_key,
+        "status": status.value,
+        "reason": data.reason,
+        "source": data.source,
+        "created_at": now,
+        "due_at": now + timedelta(days=sla_days),
+        "approved_by": AUTO_APPROVER if auto else None,
+        "approved_at": now if auto else None,
+        "attempts": 0,
+        "updated_at": now,
+    }
+    # A conflicting row may close between our failed insert and our read (then the insert
+    # can succeed on the next try): a few rounds settle it.
+    for _ in range(3):
+        if repo.try_insert(session, values):
+            row = DeletionRequest(**values)
+            return CreateResult(to_read(row, model_name, None, now), "created")
+        if idempotency_key is not None:
+            existing = repo.by_idempotency_key(session, idempotency_key)
+            if existing is not None:
+                if not _same_body(existing, sk, model_id, data):
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was already used with a different request body; "
+                        "use a new key for a different request",
+                        existing_request_id=str(existing.id),
+                    )
+                return CreateResult(_read_row(session, existing), "replayed")
+        existing = repo.by_open_key(session, open_key)
+        if existing is not None:
+            return CreateResult(_read_row(session, existing), "merged")
+    raise Conflict("The request conflicted with concurrent changes; retry it")  # pragma: no cover
+
+
+def _read_row(session: Session, row: DeletionRequest) -> DeletionRequestRead:
+    found = repo.read_one(session, row.id)
+    assert found is not None
+    return to_read(*found, utcnow())
+
+
+# ----------------------------------------------------------------------------- transitions
+
+# action -> (statuses it may start from, status it leads to, audit event kind)
+TRANSITIONS: dict[str, tuple[frozenset[RequestStatus], RequestStatus, str]] = {
+    "cancel": (
+        frozenset({RequestStatus.received, RequestStatus.awaiting_approval, RequestStatus.queued}),
+        RequestStatus.cancelled,
+        "deletion_request.cancelled",
+    ),
+    "approve": (frozenset({RequestStatus.awaiting_approval}), RequestStatus.queued, "deletion_request.approved"),
+    "deny": (frozenset({RequestStatus.awaiting_approval}), RequestStatus.denied, "deletion_request.denied"),
+    "retry": (frozenset({RequestStatus.failed}), RequestStatus.queued, "deletion_request.retried"),
+}
+
+
+def transition(
+    session: Session,
+    request_id: uuid.UUID,
+    action: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+) -> DeletionRequestRead:
+    """Apply an operator/requester action under a row lock. An action not allowed from the
+    current status raises :class:`IllegalTransition` naming ``current_status``."""
+    allowed_from, target, kind = TRANSITIONS[action]
+    row = repo.lock(session, request_id)
+    if row is None:
+        raise DeletionRequestNotFound(f"No deletion request with id {request_id}")
+    current = RequestStatus(row.status)
+    if current not in allowed_from:
+        raise IllegalTransition(
+            f"Cannot {action} a request that is {current.value}; "
+            f"{action} is allowed from: {', '.join(sorted(s.value for s in allowed_from))}",
+            current_status=current.value,
+            action=action,
+        )
+    now = utcnow()
+    payload: dict[str, Any] = {"request_id": str(row.id), "from": current.value, "to": target.value, "model_id": row.model_id}
+    if action == "approve":
+        row.approved_by = actor
+        row.approved_at = now
+    elif action == "deny":
+        row.decision_reason = reason
+        payload["reason"] = reason
+    elif action == "cancel" and reason is not None:
+        row.decision_reason = reason
+        payload["reason"] = reason
+    elif action == "retry":
+        payload["previous_error"] = row.error
+        payload["previous_attempts"] = row.attempts
+        row.error = None
+        row.attempts = 0
+    row.status = target.value
+    row.updated_at = now
+    if target in FINAL_STATUSES:
+        row.open_key = None
+        row.subject_id = None
+    elif target in OPEN_REQUEST_STATUSES:
+        row.open_key = open_key_for(row.subject_key, row.model_id)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # Only a retry re-takes an open key: another open request for the pair holds it now.
+        holder = repo.by_open_key(session, open_key_for(row.subject_key, row.model_id))
+        raise OpenRequestExists(
+            f"Cannot {action}: request {holder.id if holder else '?'} is open for the same subject "
+            "and model and supersedes this one",
+            open_request_id=str(holder.id) if holder else None,
+            current_status=current.value,
+        ) from None
+    append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+    return _read_row(session, row)
