@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,16 @@ def try_insert(session: Session, values: dict[str, Any]) -> bool:
     try:
         with session.begin_nested():
             session.execute(insert(DeletionRequest), [values])
+    except IntegrityError:
+        return False
+    return True
+
+
+def try_take_open_key(session: Session, request_id: uuid.UUID, open_key: str) -> bool:
+    """Set ``open_key`` on a request inside a SAVEPOINT; ``False`` if another request holds it."""
+    try:
+        with session.begin_nested():
+            session.execute(update(DeletionRequest).where(DeletionRequest.id == request_id).values(open_key=open_key))
     except IntegrityError:
         return False
     return True

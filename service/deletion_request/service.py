@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
@@ -288,6 +287,17 @@ def transition(
     elif action == "retry":
         payload["previous_error"] = row.error
         payload["previous_attempts"] = row.attempts
+        # Re-take the open key first (a retry is the only way back into an open status): if a
+        # newer open request for the pair holds it, that one supersedes this request.
+        wanted = open_key_for(row.subject_key, row.model_id)
+        if not repo.try_take_open_key(session, row.id, wanted):
+            holder = repo.by_open_key(session, wanted)
+            raise OpenRequestExists(
+                f"Cannot retry: request {holder.id if holder else '?'} is open for the same subject "
+                "and model and supersedes this one",
+                open_request_id=str(holder.id) if holder else None,
+                current_status=current.value,
+            )
         row.error = None
         row.attempts = 0
     row.status = target.value
@@ -297,17 +307,6 @@ def transition(
         row.subject_id = None
     elif target in OPEN_REQUEST_STATUSES:
         row.open_key = open_key_for(row.subject_key, row.model_id)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        # Only a retry re-takes an open key: another open request for the pair holds it now.
-        holder = repo.by_open_key(session, open_key_for(row.subject_key, row.model_id))
-        raise OpenRequestExists(
-            f"Cannot {action}: request {holder.id if holder else '?'} is open for the same subject "
-            "and model and supersedes this one",
-            open_request_id=str(holder.id) if holder else None,
-            current_status=current.value,
-        ) from None
+    session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
     return _read_row(session, row)
