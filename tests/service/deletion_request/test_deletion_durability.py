@@ -1,0 +1,82 @@
+"""A 202 means committed: a request survives SIGKILL of the server right after the answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from service.models import DeletionRequest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(settings, port: int, log: Path) -> subprocess.Popen:
+    env = os.environ | {
+        "LETHE_ENVIRONMENT": "test",
+        "LETHE_DATABASE__URL": settings.database.url,
+        "LETHE_SECURITY__SECRET_KEY": settings.security.secret_key,
+        "LETHE_STORAGE__ROOT": str(settings.storage.root),
+        "LETHE_BROKER__URL": settings.broker.url,
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"uvicorn exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
+
+
+def test_accepted_request_survives_sigkill(committed_app, committed_model, settings, tmp_path):
+    committed_model(committed_app.app, "m1")
+    headers = committed_app.auth("requester")
+    log = tmp_path / "uvicorn.log"
+    port = _free_port()
+    proc = _start(settings, port, log)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/deletion-requests", json={"subject_id": "durable-1", "model": "m1"},
+                       headers=headers, timeout=10)  # fmt: skip
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert r.status_code == 202, r.text
+    assert proc.returncode == -signal.SIGKILL
+    location = r.headers["location"]
+
+    proc2 = _start(settings, port, log)
+    try:
+        again = httpx.get(f"http://127.0.0.1:{port}{location}", headers=headers, timeout=10)
+    finally:
+        proc2.terminate()
+        proc2.wait(timeout=10)
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == r.json()["id"] and again.json()["subject_id"] == "durable-1"
+    assert again.json()["created_at"] == r.json()["created_at"]
+    with committed_app.app.state.session_factory() as s:
+        assert s.scalar(select(DeletionRequest.status).where(DeletionRequest.id == again.json()["id"])) == "queued"
