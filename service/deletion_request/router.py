@@ -6,11 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service.core.db import get_session
 from service.core.errors import UnsupportedMediaType
-from service.core.security import Principal, require
+from service.core.security import Principal, authenticate, require
 from service.deletion_request import service
 from service.deletion_request.schemas import (
     DeletionRequestCreate,
@@ -40,24 +41,51 @@ def _secret(request: Request) -> str:
     return request.app.state.settings.security.secret_key
 
 
+_may_file = require(Role.requester, Role.operator)
+
+
+def _create_in_one_transaction(
+    request: Request, body: DeletionRequestCreate, idempotency_key: str | None
+) -> service.CreateResult:
+    """Authenticate, authorise and insert in one worker-thread hop and one transaction, which
+    is committed here, before the response is sent."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with factory.begin() as session:
+        principal = authenticate(request, session)
+        _may_file(principal)
+        return service.create_request(session, secret=_secret(request), data=body, idempotency_key=idempotency_key)
+
+
 @router.post(
     "",
     status_code=202,
     response_model=DeletionRequestRead,
-    responses={200: {"description": "Idempotent replay, or merged with the open request", "model": DeletionRequestRead}},
+    responses={
+        200: {"description": "Idempotent replay, or merged with the open request", "model": DeletionRequestRead},
+        401: {"description": "Missing or unknown bearer token"},
+        403: {"description": "The token's role may not file requests (requester, operator, admin may)"},
+    },
 )
-def create_deletion_request(
+async def create_deletion_request(
     request: Request,
     response: Response,
-    session: SessionDep,
-    principal: Annotated[Principal, Depends(require(Role.requester, Role.operator))],
     _json: Annotated[None, Depends(require_json)],
     body: DeletionRequestCreate,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestRead:
-    """File a deletion request. ``202`` for a new one; ``200`` with the existing request for an
-    idempotent replay or when an open request for the same subject and model exists."""
-    result = service.create_request(session, secret=_secret(request), data=body, idempotency_key=idempotency_key)
+    """File a deletion request (roles requester, operator). ``202`` for a new one; ``200`` with
+    the existing request for an idempotent replay or when an open request for the same subject
+    and model exists.
+
+    The hot path (DESIGN §9 asks for >= 1,000/s on 2 cores). The usual ``get_session`` +
+    ``require`` dependencies cost four thread-pool hops per request (session enter, token,
+    role check, session exit) besides the endpoint's; profiling showed those hops as the
+    largest CPU cost after the database. So this route does the same things — the same
+    ``authenticate`` (with its token cache) and ``require`` check, one transaction committed
+    before the response — in a single hop. A consequence: a body that fails validation is a
+    422 even without a valid token (the schema is public anyway); nothing is written.
+    """
+    result = await run_in_threadpool(_create_in_one_transaction, request, body, idempotency_key)
     response.status_code = 202 if result.created else 200
     response.headers["Location"] = _PATH + str(result.request.id)
     response.headers["Lethe-Outcome"] = result.outcome

@@ -1,0 +1,360 @@
+"""Deletion-request intake benchmark (DESIGN §9: >= 1,000 creates/s on 2 cores, p99 <= 50 ms).
+
+What it does, end to end, against a real PostgreSQL:
+  1. (re)creates the database ``lethe_bench`` and runs the Alembic migrations;
+  2. registers one auto-approving model and a requester token (written directly, like the CLI);
+  3. starts a real ``uvicorn`` (uvloop + httptools, no access log) with 1, then 2, worker processes;
+  4. a load generator in this process (asyncio + uvloop, a minimal HTTP/1.1 keep-alive client:
+     one coroutine per connection, a fixed concurrency) sends a warm-up, then N creates, each
+     with a fresh subject id and Idempotency-Key, and times every request;
+  5. checks that every ``202`` is a committed row (count in the database), prints a markdown
+     table and writes ``bench/results/api_intake.{json,md}``.
+
+The load generator runs on the same 2 cores as the server and PostgreSQL: it takes CPU the
+server would otherwise have. That is stated in the results.
+
+    .venv/bin/python bench/api_intake.py                 # defaults: 5,000 creates, 64 connections
+    .venv/bin/python bench/api_intake.py --workers 2 --requests 20000 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.core import migrate  # noqa: E402
+from service.core.db import make_engine, make_session_factory  # noqa: E402
+from service.core.config import DatabaseSettings  # noqa: E402
+from service.core.security import create_token  # noqa: E402
+from service.models import Model, Role  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+SECRET = "bench-secret-key-0123456789abcdef-0123456789"
+RESULTS = ROOT / "bench" / "results"
+TARGET_RPS = 1000.0
+TARGET_P99_MS = 50.0
+POOL_SIZE = 40
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def recreate_database(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    migrate.upgrade(url)
+    return url
+
+
+def seed(url: str) -> str:
+    engine = make_engine(DatabaseSettings(url=url))
+    try:
+        with make_session_factory(engine).begin() as session:
+            session.add(
+                Model(
+                    name="bench",
+                    architecture="mlp",
+                    architecture_config={},
+                    input_shape=[64],
+                    num_classes=10,
+                    linearize="all",
+                    method_config={},
+                    auto_approve=True,
+                    sla_days=30,
+                )
+            )
+            _, token = create_token(session, Role.requester, name="bench")
+        return token
+    finally:
+        engine.dispose()
+
+
+def count_requests(url: str) -> int:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        return conn.execute("SELECT count(*) FROM deletion_requests").fetchone()[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uvicorn_command(port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
+    env = os.environ | {
+        "LETHE_ENVIRONMENT": "test",
+        "LETHE_DATABASE__URL": url,
+        "LETHE_SECURITY__SECRET_KEY": SECRET,
+        "LETHE_STORAGE__ROOT": str(ROOT / "var" / "bench-artifacts"),
+        "LETHE_LOG_LEVEL": "WARNING",
+        # The pool must hold more connections than requests can be in flight per worker, or
+        # threads blocked on checkout can starve the requests that hold connections.
+        "LETHE_DATABASE__POOL_SIZE": str(POOL_SIZE),
+        "LETHE_DATABASE__MAX_OVERFLOW": "0",
+    }
+    proc = subprocess.Popen(uvicorn_command(port, workers), cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"uvicorn exited early, see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    time.sleep(0.5 * workers)  # let every worker finish its startup
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"uvicorn did not start, see {log}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client: enough for a fixed request and a sized response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+                break
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def create_request_bytes(token: str, run: str, i: int) -> bytes:
+    body = json.dumps({"subject_id": f"bench-{run}-{i}", "model": "bench", "source": "bench"}).encode()
+    return (
+        b"POST /v1/deletion-requests HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {token}\r\nIdempotency-Key: {run}-{i}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def run_load(port: int, token: str, run: str, n: int, concurrency: int) -> dict:
+    conns = [await Connection.open(port) for _ in range(concurrency)]
+    payloads = [create_request_bytes(token, run, i) for i in range(n)]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_i = 0
+    first_error: str | None = None
+
+    async def worker(conn: Connection) -> None:
+        nonlocal next_i, first_error
+        while next_i < n:
+            i = next_i
+            next_i += 1
+            t0 = time.perf_counter()
+            status, body = await conn.request(payloads[i])
+            latencies.append(time.perf_counter() - t0)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status != 202 and first_error is None:
+                first_error = f"{status}: {body[:300]!r}"
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "rps": round(n / elapsed, 1),
+        "p50_ms": round(pct(0.50), 2),
+        "p95_ms": round(pct(0.95), 2),
+        "p99_ms": round(pct(0.99), 2),
+        "max_ms": round(1000 * latencies[-1], 2),
+        "mean_ms": round(1000 * statistics.fmean(latencies), 2),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": n - statuses.get(202, 0),
+        "first_error": first_error,
+    }
+
+
+def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency: int, log: Path) -> dict:
+    import uvloop
+
+    port = free_port()
+    proc = start_server(url, port, workers, log)
+    try:
+        before = count_requests(url)
+        run = uuid.uuid4().hex[:8]
+        uvloop.run(run_load(port, token, run + "w", warmup, concurrency))
+        warm_rows = count_requests(url)
+        result = uvloop.run(run_load(port, token, run, n, concurrency))
+        result["rows_committed"] = count_requests(url) - warm_rows
+        result["warmup_rows"] = warm_rows - before
+    finally:
+        stop_server(proc)
+    result["workers"] = workers
+    result["meets_target"] = result["rps"] >= TARGET_RPS and result["p99_ms"] <= TARGET_P99_MS and result["errors"] == 0
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def to_markdown(doc: dict) -> str:
+    lines = [
+        "# Deletion-request intake (`POST /v1/deletion-requests`)",
+        "",
+        f"Target (DESIGN §9): ≥ {TARGET_RPS:,.0f} creates/s, p99 ≤ {TARGET_P99_MS:.0f} ms, against PostgreSQL.",
+        "",
+        "| uvicorn workers | connections | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | rows committed | target met |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in doc["runs"]:
+        lines.append(
+            f"| {r['workers']} | {r['concurrency']} | {r['requests']:,} | {r['rps']:,.0f} | {r['p50_ms']} | "
+            f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['rows_committed']:,} | "
+            f"{'yes' if r['meets_target'] else 'no'} |"
+        )
+    env = doc["environment"]
+    lines += [
+        "",
+        f"Machine: {env['cpus']} CPU cores ({env['machine']}), Python {env['python']}, PostgreSQL {env['postgres']} "
+        f"on loopback (synchronous_commit={env['synchronous_commit']}, fsync={env['fsync']}). {doc['at']}.",
+        "",
+        "The load generator (this script: asyncio + uvloop, a minimal keep-alive HTTP/1.1 client, one "
+        "coroutine per connection) runs **on the same cores** as uvicorn and PostgreSQL, so the server "
+        "gets less than the 2 cores; every create carries a fresh subject id and an `Idempotency-Key`, "
+        "each `202` is a committed row (checked by counting rows after the run). "
+        "The §9 condition \"while a job runs\" is not reproduced here (no forget job runs during the measurement).",
+        "",
+        "Command:",
+        "",
+        "```",
+        doc["command"],
+        "```",
+    ]
+    if doc.get("notes"):
+        lines += ["", "## Notes", "", doc["notes"].strip()]
+    return "\n".join(lines) + "\n"
+
+
+def postgres_facts(url: str) -> dict:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        get = lambda q: conn.execute(q).fetchone()[0]  # noqa: E731
+        return {
+            "postgres": get("SHOW server_version"),
+            "synchronous_commit": get("SHOW synchronous_commit"),
+            "fsync": get("SHOW fsync"),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--database", default="lethe_bench")
+    ap.add_argument("--notes", type=Path, default=RESULTS / "api_intake_notes.md", help="appended to the MD if present")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    args = ap.parse_args()
+
+    url = recreate_database(args.database)
+    token = seed(url)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = ROOT / "var" / "bench-uvicorn.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for workers in args.workers:
+        r = measure(url, token, workers, args.requests, args.warmup, args.concurrency, log)
+        runs.append(r)
+        print(
+            f"workers={workers}: {r['rps']:.0f} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"errors {r['errors']}, rows {r['rows_committed']}",
+            flush=True,
+        )
+        if r["first_error"]:
+            print("  first error:", r["first_error"])
+    doc = {
+        "benchmark": "api_intake",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "bench/api_intake.py", *sys.argv[1:]]),
+        "server_command": " ".join(uvicorn_command(0, 1)[1:]).replace("--port 0", "--port <free>"),
+        "targets": {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            **postgres_facts(url),
+        },
+        "runs": runs,
+        "notes": args.notes.read_text() if args.notes.exists() else None,
+    }
+    md = to_markdown(doc)
+    print()
+    print(md)
+    if not args.no_write:
+        (RESULTS / "api_intake.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (RESULTS / "api_intake.md").write_text(md)
+
+
+if __name__ == "__main__":
+    main()
