@@ -49,7 +49,6 @@ SECRET = "bench-secret-key-0123456789abcdef-0123456789"
 RESULTS = ROOT / "bench" / "results"
 TARGET_RPS = 1000.0
 TARGET_P99_MS = 50.0
-POOL_SIZE = 40
 
 
 # ----------------------------------------------------------------------------- setup
@@ -117,10 +116,6 @@ def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Pop
         "LETHE_SECURITY__SECRET_KEY": SECRET,
         "LETHE_STORAGE__ROOT": str(ROOT / "var" / "bench-artifacts"),
         "LETHE_LOG_LEVEL": "WARNING",
-        # The pool must hold more connections than requests can be in flight per worker, or
-        # threads blocked on checkout can starve the requests that hold connections.
-        "LETHE_DATABASE__POOL_SIZE": str(POOL_SIZE),
-        "LETHE_DATABASE__MAX_OVERFLOW": "0",
     }
     proc = subprocess.Popen(uvicorn_command(port, workers), cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -235,6 +230,47 @@ async def run_load(port: int, token: str, run: str, n: int, concurrency: int) ->
     }
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of one process, in seconds (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pids_named(name: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server (parent + workers), PostgreSQL and this process."""
+    server = [server_pid, *_children(server_pid)]
+    return {
+        "server": sum(_proc_cpu(p) for p in server),
+        "postgres": sum(_proc_cpu(p) for p in _pids_named("postgres")),
+        "load_generator": sum(os.times()[:2]),
+    }
+
+
 def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency: int, log: Path) -> dict:
     import uvloop
 
@@ -245,7 +281,11 @@ def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency
         run = uuid.uuid4().hex[:8]
         uvloop.run(run_load(port, token, run + "w", warmup, concurrency))
         warm_rows = count_requests(url)
+        cpu0 = cpu_snapshot(proc.pid)
         result = uvloop.run(run_load(port, token, run, n, concurrency))
+        cpu1 = cpu_snapshot(proc.pid)
+        result["cpu_ms_per_request"] = {k: round(1000 * (cpu1[k] - cpu0[k]) / n, 3) for k in cpu0}
+        result["cpu_ms_per_request"]["total"] = round(sum(result["cpu_ms_per_request"].values()), 3)
         result["rows_committed"] = count_requests(url) - warm_rows
         result["warmup_rows"] = warm_rows - before
     finally:
@@ -273,6 +313,16 @@ def to_markdown(doc: dict) -> str:
             f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['rows_committed']:,} | "
             f"{'yes' if r['meets_target'] else 'no'} |"
         )
+    lines += [
+        "",
+        "Where the CPU goes (CPU milliseconds per request, from /proc, during the measured run):",
+        "",
+        "| uvicorn workers | server (all workers) | PostgreSQL (all backends) | load generator | total |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["runs"]:
+        c = r["cpu_ms_per_request"]
+        lines.append(f"| {r['workers']} | {c['server']} | {c['postgres']} | {c['load_generator']} | {c['total']} |")
     env = doc["environment"]
     lines += [
         "",
@@ -310,7 +360,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--warmup", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--database", default="lethe_bench")
     ap.add_argument("--notes", type=Path, default=RESULTS / "api_intake_notes.md", help="appended to the MD if present")
@@ -331,6 +381,7 @@ def main() -> None:
             f"errors {r['errors']}, rows {r['rows_committed']}",
             flush=True,
         )
+        print(f"  CPU ms per request: {r['cpu_ms_per_request']}")
         if r["first_error"]:
             print("  first error:", r["first_error"])
     doc = {

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.core.pagination import CursorPosition, keyset_page
@@ -95,6 +96,21 @@ def insert_with_policy(
         stmt, params = _FAST_ONE, params | {"model": model}
     row = session.connection().execute(stmt, params).mappings().first()
     return None if row is None else dict(row)
+
+
+def insert_with_policy_autocommit(
+    engine: Engine, values: dict[str, Any], *, model: str | None, auto_approver: str, default_sla_days: int
+) -> dict[str, Any] | None:
+    """:func:`insert_with_policy` as a transaction of its own (PostgreSQL autocommit): one
+    round trip, durable when it returns (the server's synchronous_commit applies)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        params = values | {"auto_approver": auto_approver}
+        if model is None:
+            stmt, params = _FAST_ALL, params | {"default_sla_days": default_sla_days}
+        else:
+            stmt, params = _FAST_ONE, params | {"model": model}
+        row = conn.execute(stmt, params).mappings().first()
+        return None if row is None else dict(row)
 
 
 def try_take_open_key(session: Session, request_id: uuid.UUID, open_key: str) -> bool:

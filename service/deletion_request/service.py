@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
@@ -183,12 +184,18 @@ def create_request(
     secret: str,
     data: DeletionRequestCreate,
     idempotency_key: str | None = None,
+    autocommit_engine: Engine | None = None,
 ) -> CreateResult:
     """File a request, or return the one it replays or merges with. Raises
-    :class:`ModelNotFound` and :class:`IdempotencyKeyReused`; writes nothing then."""
+    :class:`ModelNotFound` and :class:`IdempotencyKeyReused`; writes nothing then.
+
+    On PostgreSQL a new request is one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` statement.
+    With ``autocommit_engine`` (the hot HTTP path) that statement runs as a transaction of its
+    own on a connection of that engine, committed when it returns; otherwise in ``session``'s
+    transaction. Replays, merges and unknown models take the portable path in ``session``."""
     sk = make_subject_key(secret, data.subject_id)
-    if repo.supports_single_statement_insert(session):
-        fast = _create_in_one_statement(session, sk, data, idempotency_key)
+    if autocommit_engine is not None or repo.supports_single_statement_insert(session):
+        fast = _create_in_one_statement(session, sk, data, idempotency_key, autocommit_engine)
         if fast is not None:
             return fast
     # The portable path, and the slow path after a conflict or for an unknown model.
@@ -236,7 +243,11 @@ def create_request(
 
 
 def _create_in_one_statement(
-    session: Session, sk: str, data: DeletionRequestCreate, idempotency_key: str | None
+    session: Session,
+    sk: str,
+    data: DeletionRequestCreate,
+    idempotency_key: str | None,
+    autocommit_engine: Engine | None,
 ) -> CreateResult | None:
     now = utcnow()
     values: dict[str, Any] = {
@@ -248,9 +259,11 @@ def _create_in_one_statement(
         "source": data.source,
         "now": now,
     }
-    got = repo.insert_with_policy(
-        session, values, model=data.model, auto_approver=AUTO_APPROVER, default_sla_days=DEFAULT_SLA_DAYS
-    )
+    policy = {"model": data.model, "auto_approver": AUTO_APPROVER, "default_sla_days": DEFAULT_SLA_DAYS}
+    if autocommit_engine is not None:
+        got = repo.insert_with_policy_autocommit(autocommit_engine, values, **policy)
+    else:
+        got = repo.insert_with_policy(session, values, **policy)
     if got is None:
         return None
     row = DeletionRequest(
