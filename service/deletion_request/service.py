@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -76,8 +76,14 @@ def open_key_for(subject_key: str, model_id: int | None) -> str:
     return f"{subject_key}:{'*' if model_id is None else model_id}"
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    """SQLite (embedded mode) hands back naive datetimes; every stored time is UTC."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 def to_read(row: DeletionRequest, model_name: str | None, clean_version: int | None, now: datetime) -> DeletionRequestRead:
-    days_left = (row.due_at - now).total_seconds() / _SECONDS_PER_DAY
+    due_at = _utc(row.due_at)
+    days_left = (due_at - now).total_seconds() / _SECONDS_PER_DAY
     return DeletionRequestRead(
         id=row.id,
         subject_id=row.subject_id,
@@ -87,18 +93,18 @@ def to_read(row: DeletionRequest, model_name: str | None, clean_version: int | N
         reason=row.reason,
         source=row.source,
         decision_reason=row.decision_reason,
-        created_at=row.created_at,
-        due_at=row.due_at,
+        created_at=_utc(row.created_at),
+        due_at=due_at,
         days_left=days_left,
         overdue=row.status not in FINAL_STATUSES and days_left < 0,
         approved_by=row.approved_by,
-        approved_at=row.approved_at,
+        approved_at=_utc(row.approved_at),
         job_id=row.job_id,
         clean_version=clean_version,
         samples_removed=row.samples_removed,
         error=row.error,
         attempts=row.attempts,
-        completed_at=row.completed_at,
+        completed_at=_utc(row.completed_at),
     )
 
 
