@@ -1,0 +1,67 @@
+"""Data sources streamed in chunks: memory grows with the chunk size, not with N."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from workers.unlearning.errors import InvalidDataError
+
+
+def _as_tensor(a, dtype=None) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a if dtype is None else a.to(dtype)
+    arr = np.asarray(a)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t if dtype is None else t.to(dtype)
+
+
+class TensorSource:
+    """(x, y) pairs over arrays or tensors, yielded ``chunk_size`` rows at a time."""
+
+    def __init__(self, x, y, chunk_size: int = 4096) -> None:
+        self.x = _as_tensor(x)
+        self.y = _as_tensor(y, torch.long)
+        if self.x.shape[0] != self.y.shape[0]:
+            raise InvalidDataError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if self.y.ndim != 1:
+            raise InvalidDataError(f"labels must be 1-D, got shape {tuple(self.y.shape)}")
+        if not torch.is_floating_point(self.x):
+            self.x = self.x.float()
+        if chunk_size < 1:
+            raise InvalidDataError("chunk_size must be >= 1")
+        self.chunk_size = int(chunk_size)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), self.chunk_size):
+            yield self.x[start : start + self.chunk_size], self.y[start : start + self.chunk_size]
+
+    def subset(self, index) -> "TensorSource":
+        idx = _as_tensor(index, torch.long)
+        return TensorSource(self.x[idx], self.y[idx], self.chunk_size)
+
+    def validate(self, num_classes: int, input_shape: Sequence[int] | None = None) -> None:
+        """Refuse NaN/Inf, labels outside ``[0, num_classes)`` and a wrong input shape."""
+        if input_shape is not None and tuple(self.x.shape[1:]) != tuple(input_shape):
+            raise InvalidDataError(f"inputs have shape {tuple(self.x.shape[1:])}, expected {tuple(input_shape)}")
+        for start in range(0, len(self), self.chunk_size):
+            xs = self.x[start : start + self.chunk_size]
+            bad = ~torch.isfinite(xs.reshape(xs.shape[0], -1)).all(dim=1)
+            if bool(bad.any()):
+                row = start + int(bad.nonzero()[0, 0])
+                raise InvalidDataError(f"input row {row} contains NaN or infinity")
+        if len(self):
+            lo, hi = int(self.y.min()), int(self.y.max())
+            if lo < 0 or hi >= num_classes:
+                raise InvalidDataError(f"labels must lie in [0, {num_classes}); found {lo}..{hi}")
+
+
+def concat(*sources: TensorSource, chunk_size: int | None = None) -> TensorSource:
+    xs = [s.x for s in sources]
+    ys = [s.y for s in sources]
+    return TensorSource(torch.cat(xs), torch.cat(ys), chunk_size or sources[0].chunk_size)

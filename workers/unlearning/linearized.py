@@ -1,0 +1,211 @@
+"""The mixed-linear model (DESIGN §6.1).
+
+``f_ML(x; w_u) = f(x; w_c) + J_P(x) · w_u`` with ``J_P = ∂f/∂w_P`` at the core weights ``w_c``.
+One forward-mode pass (``torch.func.jvp``) gives both terms.
+
+With ``linearize="last:K"`` on an ``nn.Sequential`` network, the network is split into a frozen
+*prefix* and a *head* holding the last K layers that have parameters: the prefix's outputs (the
+inputs to the linearised layers) are computed once per data set and every later pass runs through
+the head only. For other modules ``last:K`` still linearises just those K layers' parameters, but
+every pass goes through the whole network (no feature cache).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from workers.unlearning.errors import ConfigError
+from workers.unlearning.networks import build_network
+
+_LAST_K = re.compile(r"^last:(\d+)$")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """float64 on CPU (the certificate is exact); float32 passes on GPU (reductions in float64)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def _param_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+class MixedLinearModel(nn.Module):
+    """A network linearised around its core weights, plus user weights ``w_u`` (initially 0)."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        linearize: str = "all",
+        target_scale: float = 1.0,
+        *,
+        architecture: str | None = None,
+        architecture_config: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        self.device_ = resolve_device(device)
+        self.dtype_ = compute_dtype(self.device_)
+        self.network = network.to(device=self.device_, dtype=self.dtype_)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.linearize = linearize
+        self.target_scale = float(target_scale)
+        self.architecture = architecture
+        self.architecture_config = dict(architecture_config or {})
+        self._split()
+        self.user: dict[str, torch.Tensor] = {n: torch.zeros_like(p) for n, p in self._lin_core().items()}
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        architecture: str,
+        architecture_config: dict[str, Any] | None = None,
+        linearize: str = "all",
+        target_scale: float = 1.0,
+        *,
+        device: str | torch.device = "cpu",
+        seed: int | None = 0,
+    ) -> "MixedLinearModel":
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = build_network(architecture, architecture_config)
+        else:
+            net = build_network(architecture, architecture_config)
+        return cls(net, linearize, target_scale, architecture=architecture, architecture_config=architecture_config, device=device)
+
+    def _split(self) -> None:
+        net = self.network
+        id_to_name = {id(p): n for n, p in net.named_parameters()}
+        if self.linearize == "all":
+            self.prefix: nn.Module | None = None
+            self.head: nn.Module = net
+            lin_ids = {id(p) for p in net.parameters()}
+        else:
+            m = _LAST_K.match(self.linearize)
+            if not m or int(m.group(1)) < 1:
+                raise ConfigError(f"linearize must be 'all' or 'last:K' with K >= 1, got {self.linearize!r}")
+            k = int(m.group(1))
+            if isinstance(net, nn.Sequential):
+                children = list(net.children())
+                owners = [i for i, c in enumerate(children) if any(True for _ in c.parameters())]
+                if k > len(owners):
+                    raise ConfigError(f"linearize={self.linearize!r} but the network has {len(owners)} layers with parameters")
+                split = owners[-k]
+                self.prefix = nn.Sequential(*children[:split]) if split > 0 else None
+                self.head = nn.Sequential(*children[split:])
+                lin_ids = {id(p) for p in self.head.parameters()}
+            else:
+                mods = _param_modules(net)
+                if k > len(mods):
+                    raise ConfigError(f"linearize={self.linearize!r} but the network has {len(mods)} layers with parameters")
+                self.prefix, self.head = None, net
+                lin_ids = {id(p) for _, mod in mods[-k:] for p in mod.parameters(recurse=False)}
+        # head-relative name -> network name, for every head parameter and the linearised subset
+        self._head_names = {n: id_to_name[id(p)] for n, p in self.head.named_parameters()}
+        self._lin = [n for n, p in self.head.named_parameters() if id(p) in lin_ids]
+
+    # -- parameters -----------------------------------------------------------------------
+    def _lin_core(self) -> dict[str, torch.Tensor]:
+        params = dict(self.head.named_parameters())
+        return {n: params[n] for n in self._lin}
+
+    def user_parameters(self) -> dict[str, torch.Tensor]:
+        """User weights keyed by the network's own parameter names."""
+        return {self._head_names[n]: t for n, t in self.user.items()}
+
+    def set_user_parameters(self, tensors: dict[str, torch.Tensor]) -> None:
+        by_net = {v: k for k, v in self._head_names.items()}
+        new = {}
+        for net_name, t in tensors.items():
+            if net_name not in by_net or by_net[net_name] not in self.user:
+                raise ConfigError(f"{net_name!r} is not a linearised parameter")
+            new[by_net[net_name]] = t.to(device=self.device_, dtype=self.dtype_).reshape(self.user[by_net[net_name]].shape).clone()
+        missing = set(self.user) - set(new)
+        if missing:
+            raise ConfigError(f"missing user tensors: {sorted(self._head_names[m] for m in missing)}")
+        self.user = {n: new[n] for n in self._lin}
+
+    def zero_user(self) -> None:
+        self.user = {n: torch.zeros_like(t) for n, t in self.user.items()}
+
+    @property
+    def num_user_parameters(self) -> int:
+        return sum(t.numel() for t in self.user.values())
+
+    # -- flat vectors (for CG) ----------------------------------------------------------------
+    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[n].reshape(-1).to(torch.float64) for n in self._lin])
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for n in self._lin:
+            ref = self.user[n]
+            out[n] = vec[i : i + ref.numel()].reshape(ref.shape).to(self.dtype_)
+            i += ref.numel()
+        return out
+
+    # -- passes ----------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs to the head (the linearised layers); identity when everything is linearised."""
+        x = x.to(device=self.device_, dtype=self.dtype_)
+        if self.prefix is None:
+            return x
+        with torch.no_grad():
+            return self.prefix(x)
+
+    def _head_fn(self, feats: torch.Tensor):
+        frozen = {n: p for n, p in self.head.named_parameters() if n not in self.user}
+        buffers = dict(self.head.named_buffers())
+
+        def f(lin: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self.head, {**frozen, **buffers, **lin}, (feats,))
+
+        return f
+
+    def head_jvp(self, feats: torch.Tensor, v: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x; w_c), J v) from one forward-mode pass over the head."""
+        return jvp(self._head_fn(feats), (self._lin_core(),), (v,))
+
+    def head_vjp(self, feats: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Jᵀ u."""
+        _, fn = vjp(self._head_fn(feats), self._lin_core())
+        return fn(u)[0]
+
+    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        out, jv = self.head_jvp(feats, self.user)
+        return out + jv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.features(x))
+
+    def core_output(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.network(x.to(device=self.device_, dtype=self.dtype_))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward(x).argmax(dim=1)
+
+    def targets(self, y: torch.Tensor, num_outputs: int) -> torch.Tensor:
+        t = torch.zeros(y.shape[0], num_outputs, device=self.device_, dtype=self.dtype_)
+        t[torch.arange(y.shape[0]), y.to(self.device_)] = self.target_scale
+        return t
+
+    def parameters_iter(self) -> Iterator[torch.Tensor]:  # pragma: no cover - convenience
+        yield from self.user.values()

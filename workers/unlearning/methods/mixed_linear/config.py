@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MixedLinearConfig(BaseModel):
+    """Settings of the ``mixed_linear`` method. ``method`` doubles as the registry key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["mixed_linear"] = "mixed_linear"
+    l2: float = Field(1e-3, gt=0, description="μ: L2 regularisation of the user weights")
+    target_scale: float = Field(1.0, gt=0, description="κ: targets are κ·onehot(y)")
+    noise_std: float = Field(1e-3, ge=0, description="s: std of the release noise on the user weights")
+    tol: float = Field(1e-9, gt=0, description="stop when ‖∇L(w)‖ ≤ tol (absolute)")
+    max_iter: int = Field(2000, ge=1, description="CG iterations, in total over Newton steps")
+    max_newton_steps: int = Field(4, ge=1)
+    chunk_size: int = Field(4096, ge=1)
+    device: str = "auto"
+    core_epochs: int = Field(30, ge=0)
+    core_lr: float = Field(1e-2, gt=0)
+    core_batch_size: int = Field(128, ge=1)
+    max_kl_per_release: float = Field(1e-3, ge=0)
+    max_accuracy_drop: float = Field(0.01, ge=0)
+    seed: int = 0

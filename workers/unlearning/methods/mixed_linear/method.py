@@ -1,0 +1,130 @@
+"""``mixed_linear``: exact forgetting on a mixed-linear model (Golatkar et al., CVPR 2021)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from workers.unlearning.bounds import Bound, exact_bound, information_bound
+from workers.unlearning.data import TensorSource
+from workers.unlearning.errors import InvalidDataError
+from workers.unlearning.linearized import MixedLinearModel
+from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
+from workers.unlearning.objective import Objective, Progress, SolveResult
+
+
+def _num_outputs(model: MixedLinearModel, source: TensorSource) -> int:
+    x, _ = next(iter(source))
+    return int(model.core_output(x[:1]).shape[1])
+
+
+def _check(model: MixedLinearModel, source: TensorSource, what: str) -> None:
+    if len(source) == 0:
+        raise InvalidDataError(f"the {what} set is empty")
+    source.validate(_num_outputs(model, source))
+
+
+class MixedLinear:
+    name: ClassVar[str] = "mixed_linear"
+    guarantee: ClassVar[str] = "certified"
+    config_cls: ClassVar[type[MixedLinearConfig]] = MixedLinearConfig
+
+    # -- core ------------------------------------------------------------------------------
+    def train_core(self, model: MixedLinearModel, core: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> dict:
+        """Cross-entropy on the core split only (Adam, deterministic given ``cfg.seed``).
+        The user weights are reset to 0: they are defined relative to the core."""
+        _check(model, core, "core")
+        net = model.network
+        for p in net.parameters():
+            p.requires_grad_(True)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.core_lr)
+        loss_fn = nn.CrossEntropyLoss()
+        n = len(core)
+        start = time.perf_counter()
+        last = 0.0
+        try:
+            for epoch in range(cfg.core_epochs):
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for i in range(0, n, cfg.core_batch_size):
+                    idx = perm[i : i + cfg.core_batch_size]
+                    x = core.x[idx].to(model.device_, model.dtype_)
+                    y = core.y[idx].to(model.device_)
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(net(x), y)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                now = time.monotonic()
+                if progress is not None and now - last >= 0.25:
+                    last = now
+                    progress({"phase": "core", "epoch": epoch + 1, "loss": total / n})
+        finally:
+            for p in net.parameters():
+                p.requires_grad_(False)
+        model.zero_user()
+        return {"epochs": cfg.core_epochs, "seconds": time.perf_counter() - start}
+
+    # -- user weights --------------------------------------------------------------------------
+    def _solve(self, model, source, cfg, start, progress) -> SolveResult:
+        _check(model, source, "training" if start is None else "retained")
+        obj = Objective(model, source, cfg.l2)
+        w0 = start if start is not None else {k: torch.zeros_like(v) for k, v in model.user.items()}
+        w, res = obj.minimise(w0, tol=cfg.tol, max_iter=cfg.max_iter, max_newton_steps=cfg.max_newton_steps, progress=progress)
+        model.user = w
+        return res
+
+    def fit(self, model: MixedLinearModel, user: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
+        """Solve ∇L_{D_u}(w) = 0 from w = 0."""
+        return self._solve(model, user, cfg, None, progress)
+
+    def forget(self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
+        """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic)."""
+        return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+
+    def zero(self, model: MixedLinearModel) -> SolveResult:
+        model.zero_user()
+        return SolveResult(iterations=0, residual_norm=0.0, converged=True, seconds=0.0)
+
+    def retrain(
+        self,
+        model: MixedLinearModel,
+        retained: TensorSource,
+        cfg: MixedLinearConfig,
+        core_source: TensorSource | None = None,
+        progress: Progress = None,
+    ) -> SolveResult:
+        """Fit from w = 0 on D_r; with ``core_source`` the core is retrained first (from a fresh
+        initialisation, so no trace of removed core samples survives)."""
+        if core_source is not None:
+            fresh = MixedLinearModel.build(
+                model.architecture, model.architecture_config, model.linearize, model.target_scale, device=model.device_, seed=cfg.seed
+            ) if model.architecture else None
+            if fresh is not None:
+                with torch.no_grad():
+                    for p, q in zip(model.network.parameters(), fresh.network.parameters(), strict=True):
+                        p.copy_(q)
+            self.train_core(model, core_source, cfg, progress)
+            model._split()
+        return self._solve(model, retained, cfg, None, progress)
+
+    # -- release -------------------------------------------------------------------------------
+    def bound(self, result: SolveResult, cfg: MixedLinearConfig, *, exact: bool = False, method: str | None = None) -> Bound:
+        if exact:
+            return exact_bound(method or "zero", cfg.l2, cfg.noise_std, result.iterations)
+        return information_bound(result.residual_norm, cfg.l2, cfg.noise_std, method=self.name, guarantee=self.guarantee, iterations=result.iterations)
+
+    def release(self, model: MixedLinearModel, cfg: MixedLinearConfig) -> dict[str, torch.Tensor]:
+        """User weights + s·ξ, ξ ~ N(0, I) from a fresh OS-random seed that is never kept."""
+        gen = torch.Generator(device="cpu").manual_seed(secrets.randbits(63))
+        out = {}
+        for name, w in model.user_parameters().items():
+            noise = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+            out[name] = (w.detach().cpu().to(torch.float64) + cfg.noise_std * noise).to(w.dtype)
+        del gen
+        return out
