@@ -1,0 +1,40 @@
+"""Per-process resources of a worker: settings, engine, session factory, artifact store."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.config import Settings, get_settings
+from service.core.db import make_engine, make_session_factory
+from service.core.storage import ArtifactStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    store: ArtifactStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Runtime":
+        engine = make_engine(settings.database)
+        return cls(settings, engine, make_session_factory(engine), ArtifactStore(settings.storage.root))
+
+
+_lock = threading.Lock()
+_runtimes: dict[int, Runtime] = {}
+
+
+def runtime_for(app) -> Runtime:
+    settings = getattr(app, "lethe_settings", None) or get_settings()
+    key = id(settings)
+    with _lock:
+        rt = _runtimes.get(key)
+        if rt is None:
+            rt = _runtimes[key] = Runtime.from_settings(settings)
+        return rt
