@@ -1,3 +1,212 @@
-from fastapi import APIRouter
+"""Models, sample ingestion, versions (manifest, long-poll, weights) and aliases."""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import datetime
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from service.core.db import get_session
+from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType, ValidationFailed
+from service.core.security import Principal, require
+from service.model_registry import service, uploads
+from service.model_registry.schemas import (
+    AliasesRead,
+    AliasMove,
+    IngestResult,
+    ModelCreate,
+    ModelPage,
+    ModelRead,
+    SamplesJson,
+    VersionManifest,
+    VersionPage,
+)
+from service.models import Role
+
+router = APIRouter(tags=["models"])
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+_read = require(Role.operator, Role.serving, Role.auditor, Role.requester)
+_serve = require(Role.serving, Role.operator, Role.auditor)
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@router.post("/v1/models", response_model=ModelRead, status_code=201)
+def register_model(body: ModelCreate, request: Request, response: Response, session: SessionDep,
+                   who: Principal = Depends(require(Role.operator))) -> ModelRead:
+    model = service.register(session, body, who.actor)
+    response.headers["Location"] = f"/v1/models/{model.name}"
+    return service.to_read(session, model)
+
+
+@router.get("/v1/models", response_model=ModelPage)
+def list_models(session: SessionDep, cursor: str | None = None, limit: int = Query(50, ge=1, le=500), _: Principal = Depends(_read)) -> ModelPage:
+    rows = service.list_models(session, after=cursor, limit=limit)
+    nxt = rows[limit - 1].name if len(rows) > limit else None
+    return ModelPage(items=[service.to_read(session, m) for m in rows[:limit]], next_cursor=nxt)
+
+
+@router.get("/v1/models/{name}", response_model=ModelRead)
+def get_model(name: str, session: SessionDep, _: Principal = Depends(_read)) -> ModelRead:
+    return service.to_read(session, service.get_model(session, name))
+
+
+@router.post("/v1/models/{name}/samples", response_model=IngestResult, status_code=201)
+async def ingest_samples(
+    name: str,
+    request: Request,
+    format: str | None = None,
+    consent_renewed_at: datetime | None = None,
+    who: Principal = Depends(require(Role.operator)),
+) -> IngestResult:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    body = await request.body()
+    settings = request.app.state.settings
+    factory = request.app.state.session_factory
+
+    def work() -> IngestResult:
+        with factory.begin() as session:
+            model = service.get_model(session, name)
+            consent = consent_renewed_at
+            if media == "application/json":
+                try:
+                    doc = SamplesJson.model_validate_json(body)
+                except ValidationError as exc:
+                    errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
+                    if any(e["kind"] == "json_invalid" for e in errors):
+                        raise BadRequest("Request body is not valid JSON") from None
+                    raise ValidationFailed("Invalid samples: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors) from None
+                parsed = uploads.parse_json_rows(doc.samples, model.input_shape, model.num_classes)
+                consent = doc.consent_renewed_at or consent
+            elif media == "application/x-npz":
+                parsed = uploads.parse_npz(body, model.input_shape, model.num_classes)
+            elif media == "application/vnd.safetensors" or (media == "application/octet-stream" and format == "safetensors"):
+                parsed = uploads.parse_safetensors(body, model.input_shape, model.num_classes)
+            else:
+                raise UnsupportedMediaType(
+                    f"Unsupported Content-Type {media or 'none'!r}",
+                    accepted=["application/json", "application/x-npz", "application/vnd.safetensors"],
+                )
+            n, chunk_id, by_split = service.ingest(session, request.app.state.store, settings.security.secret_key, model, parsed, consent, who.actor)
+            return IngestResult(inserted=n, chunk_id=chunk_id, by_split=by_split)
+
+    return await anyio.to_thread.run_sync(work)
+
+
+# ----------------------------------------------------------------------------- versions
+@router.get("/v1/models/{name}/versions", response_model=VersionPage)
+def list_versions(name: str, session: SessionDep, cursor: int | None = None, limit: int = Query(50, ge=1, le=500),
+                  _: Principal = Depends(_serve)) -> VersionPage:
+    model = service.get_model(session, name)
+    rows = service.list_versions(session, model, before=cursor, limit=limit)
+    nxt = rows[limit - 1].number if len(rows) > limit else None
+    return VersionPage(items=[service.manifest(session, model, v) for v in rows[:limit]], next_cursor=nxt)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in tags or f"W/{etag}" in tags
+
+
+@router.get("/v1/models/{name}/versions/{ref}", response_model=VersionManifest)
+async def get_version(
+    name: str,
+    ref: str,
+    request: Request,
+    wait: float | None = Query(None, gt=0),
+    if_none_match: str | None = Header(None),
+    _: Principal = Depends(_serve),
+) -> Response:
+    """The manifest. ``If-None-Match`` → 304; with ``?wait=N`` on an alias, long-poll until the
+    alias moves (200) or N seconds pass (304). The event loop never blocks: each check is a short
+    transaction in a worker thread."""
+    settings = request.app.state.settings
+    factory = request.app.state.session_factory
+    if wait is not None and wait > settings.api.long_poll_max_s:
+        raise ValidationFailed(f"wait must be at most {settings.api.long_poll_max_s} seconds")
+
+    def check():
+        with factory() as session:
+            model = service.get_model(session, name)
+            v = service.live_or_gone(service.resolve_version(session, model, ref), model)
+            return service.manifest_etag(v), service.manifest(session, model, v).model_dump(mode="json")
+
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        etag, body = await anyio.to_thread.run_sync(check)
+        if not _etag_matches(if_none_match, etag):
+            import json
+
+            return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+        if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
+            return Response(status_code=304, headers={"ETag": etag})
+        await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+@router.get("/v1/models/{name}/versions/{ref}/weights")
+def get_weights(name: str, ref: str, request: Request, session: SessionDep,
+                range_: str | None = Header(None, alias="range"), if_none_match: str | None = Header(None),
+                _: Principal = Depends(_serve)) -> Response:
+    model = service.get_model(session, name)
+    v = service.live_or_gone(service.resolve_version(session, model, ref), model)
+    etag = f'"{v.sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    if _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    store = request.app.state.store
+    if not v.artifact_uri or not store.exists(v.artifact_uri):
+        raise service.VersionRevoked(f"The weights of version {v.number} are no longer stored")
+    size = store.size(v.artifact_uri)
+    start, end = 0, size - 1
+    status = 200
+    if range_:
+        m = _RANGE.match(range_.strip())
+        if not m or (not m.group(1) and not m.group(2)):
+            raise RangeNotSatisfiable(f"Unsupported Range header {range_!r}; use a single 'bytes=a-b'", headers={"Content-Range": f"bytes */{size}"})
+        if m.group(1):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        else:
+            start = max(size - int(m.group(2)), 0)
+        if start > end or start >= size:
+            raise RangeNotSatisfiable(f"Range {range_!r} is outside the file of {size} bytes", headers={"Content-Range": f"bytes */{size}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    path = store.path(v.artifact_uri)
+
+    def stream():
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                block = f.read(min(1 << 20, left))
+                if not block:
+                    break
+                left -= len(block)
+                yield block
+
+    return StreamingResponse(stream(), status_code=status, media_type="application/vnd.safetensors", headers=headers)
+
+
+# ----------------------------------------------------------------------------- aliases
+@router.get("/v1/models/{name}/aliases", response_model=AliasesRead)
+def get_aliases(name: str, session: SessionDep, _: Principal = Depends(_serve)) -> AliasesRead:
+    return service.aliases(session, service.get_model(session, name))
+
+
+@router.post("/v1/models/{name}/aliases/{alias}", response_model=AliasesRead)
+def move_alias(name: str, alias: str, body: AliasMove, session: SessionDep, who: Principal = Depends(require(Role.operator))) -> AliasesRead:
+    model = service.get_model(session, name)
+    version = service.resolve_version(session, model, str(body.version))
+    service.move_alias(session, model, alias, version, who.actor)
+    return service.aliases(session, model)

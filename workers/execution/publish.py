@@ -16,7 +16,6 @@ from service.audit.service import append_event
 from service.core.jobs import QUEUE_DEFAULT, enqueue
 from service.job import service as job_service
 from service.models import (
-    AliasEvent,
     DeletionRequest,
     Job,
     JobKind,
@@ -31,25 +30,15 @@ from service.models import (
     VersionState,
 )
 from service.models._types import utcnow
+from service.model_registry.service import move_alias
 from workers.execution.run import JobAbandoned
 from workers.runtime import Runtime
 
 PUBLISHER = "system:publish"
 
 
-def set_alias(session, model_id: int, alias: str, version: ModelVersion, actor: str) -> None:
-    if version.state != VersionState.live.value:
-        raise ValueError("an alias can never point at a revoked version")
-    row = session.get(ModelAlias, (model_id, alias))
-    before = row.version_id if row else None
-    if before == version.id:
-        return
-    if row is None:
-        session.add(ModelAlias(model_id=model_id, name=alias, version_id=version.id))
-    else:
-        row.version_id = version.id
-        row.updated_at = utcnow()
-    session.add(AliasEvent(model_id=model_id, alias=alias, from_version_id=before, to_version_id=version.id, actor=actor))
+def set_alias(session, model, alias: str, version: ModelVersion, actor: str) -> None:
+    move_alias(session, model, alias, version, actor, system=True)
 
 
 def publish(rt: Runtime, job_id: uuid.UUID, cp: dict) -> ModelVersion:
@@ -106,13 +95,13 @@ def publish(rt: Runtime, job_id: uuid.UUID, cp: dict) -> ModelVersion:
             v.state = VersionState.revoked.value
             v.revoked_at = now
             v.revoked_reason = f"held data of subjects deleted by job {job.id}"
-        set_alias(session, model.id, "latest", version, PUBLISHER)
+        set_alias(session, model, "latest", version, PUBLISHER)
         aliases = session.execute(select(ModelAlias).where(ModelAlias.model_id == model.id)).scalars().all()
         for a in aliases:
             if a.version_id in to_revoke or (a.name == "production" and model.auto_promote):
-                set_alias(session, model.id, a.name, version, PUBLISHER)
+                set_alias(session, model, a.name, version, PUBLISHER)
         if model.auto_promote and not any(a.name == "production" for a in aliases):
-            set_alias(session, model.id, "production", version, PUBLISHER)
+            set_alias(session, model, "production", version, PUBLISHER)
 
         # Requests of the batch, tombstones, and the sample rows themselves.
         keys = list(per_subject)

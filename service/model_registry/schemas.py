@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ARCH = re.compile(r"^(mlp|cnn|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+_LIN = re.compile(r"^(all|last:[1-9]\d*)$")
+
+
+class ForgettingSettings(BaseModel):
+    """The forgetting settings of a model (the ``mixed_linear`` method's keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    l2: float = Field(1e-3, gt=0, description="μ")
+    target_scale: float = Field(1.0, gt=0, description="κ")
+    noise_std: float = Field(1e-3, ge=0, description="s")
+    tol: float = Field(1e-9, gt=0)
+    max_iter: int = Field(2000, ge=1)
+    max_newton_steps: int = Field(4, ge=1)
+    chunk_size: int = Field(4096, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    core_epochs: int = Field(30, ge=0)
+    core_lr: float = Field(1e-2, gt=0)
+    core_batch_size: int = Field(128, ge=1)
+    max_kl_per_release: float = Field(1e-3, ge=0)
+    max_accuracy_drop: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    architecture: str = Field(description="mlp, cnn, or package.module:function")
+    architecture_config: dict[str, Any] = Field(default_factory=dict)
+    input_shape: list[int] = Field(min_length=1, max_length=4)
+    num_classes: int = Field(ge=2, le=100_000)
+    linearize: str = "all"
+    method: Literal["mixed_linear"] = "mixed_linear"
+    method_config: ForgettingSettings = Field(default_factory=ForgettingSettings)
+    batch_window_s: int = Field(3600, ge=0)
+    batch_size: int = Field(100, ge=1)
+    auto_approve: bool = True
+    auto_promote: bool = True
+    sla_days: int = Field(30, ge=1, le=365)
+
+    @field_validator("architecture")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        if not _ARCH.match(v):
+            raise ValueError("must be 'mlp', 'cnn' or an import path 'package.module:function'")
+        return v
+
+    @field_validator("linearize")
+    @classmethod
+    def _lin(cls, v: str) -> str:
+        if not _LIN.match(v):
+            raise ValueError("must be 'all' or 'last:K' with K >= 1")
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if any(d < 1 or d > 100_000 for d in v):
+            raise ValueError("every dimension must be between 1 and 100000")
+        return v
+
+
+class ModelRead(BaseModel):
+    name: str
+    architecture: str
+    architecture_config: dict[str, Any]
+    input_shape: list[int]
+    num_classes: int
+    linearize: str
+    method: str
+    method_config: dict[str, Any]
+    batch_window_s: int
+    batch_size: int
+    auto_approve: bool
+    auto_promote: bool
+    sla_days: int
+    samples: dict[str, int]
+    latest_version: int | None
+    created_at: datetime
+
+
+class ModelPage(BaseModel):
+    items: list[ModelRead]
+    next_cursor: str | None
+
+
+class SampleRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: str = Field(min_length=1, max_length=256)
+    split: Literal["core", "user", "eval"]
+    label: int
+    x: Any
+
+
+class SamplesJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[SampleRow] = Field(min_length=1)
+    consent_renewed_at: datetime | None = None
+
+
+class IngestResult(BaseModel):
+    inserted: int
+    chunk_id: int
+    by_split: dict[str, int]
+
+
+class VersionManifest(BaseModel):
+    model: str
+    number: int
+    sha256: str
+    size_bytes: int
+    format: str
+    parent: int | None
+    created_at: datetime
+    architecture: str
+    architecture_config: dict[str, Any]
+    linearize: str
+    input_shape: list[int]
+    num_classes: int
+    target_scale: float
+    metrics: dict[str, Any]
+    bound: dict[str, Any]
+    state: str
+    revoked_at: datetime | None
+    aliases: list[str]
+    weights_url: str
+
+
+class VersionPage(BaseModel):
+    items: list[VersionManifest]
+    next_cursor: str | None
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class AliasEventRead(BaseModel):
+    alias: str
+    from_version: int | None
+    to_version: int
+    actor: str
+    at: datetime
+
+
+class AliasesRead(BaseModel):
+    aliases: dict[str, int]
+    history: list[AliasEventRead]
