@@ -136,6 +136,38 @@ def _start_embedded_worker(settings: Settings):
     return mod.start(settings)
 
 
+@app.command()
+def pull(
+    model: str,
+    to: Annotated[Path, typer.Option(help="Directory to write the weights into")],
+    url: Annotated[str, typer.Option(help="Lethe base URL")] = "http://127.0.0.1:8000",
+    token: Annotated[str, typer.Option(help="A token with the serving role")] = "",
+    ref: Annotated[str, typer.Option(help="latest, production or a version number")] = "latest",
+    watch: Annotated[bool, typer.Option(help="Keep long-polling and pull each new version")] = False,
+) -> None:
+    """Download a version's weights (sha256-verified, atomic) and load the model."""
+    client_mod = importlib.import_module("workers.client")
+    client = client_mod.LetheClient(url, token)
+
+    def show(p) -> None:
+        m = p.manifest
+        typer.echo(f"{m['model']} v{m['number']} sha256={m['sha256']} -> {p.path}")
+
+    if watch:
+        client.watch(model, to, show, ref=ref)
+    else:
+        show(client.pull(model, to, ref=ref))
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="Lethe base URL")] = "http://127.0.0.1:8000",
+    token: Annotated[str, typer.Option(help="An admin token")] = "",
+) -> None:
+    """Register a digits model, train it, delete a few subjects and print their receipts."""
+    importlib.import_module("workers.demo").run(url, token)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
