@@ -44,7 +44,7 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "schedule": {"task": "pipeline.schedule", "schedule": settings.pipeline.scheduler_interval_s},
             "relay": {"task": "pipeline.relay", "schedule": settings.pipeline.outbox_interval_s},
-            "sweep": {"task": "pipeline.sweep", "schedule": max(settings.pipeline.heartbeat_interval_s, 10.0)},
+            "sweep": {"task": "pipeline.sweep", "schedule": settings.pipeline.sweeper_interval_s},
         },
     )
     app.lethe_settings = settings

@@ -58,6 +58,7 @@ class PipelineSettings(BaseModel):
     job_max_attempts: int = 3
     request_max_attempts: int = 3
     outbox_interval_s: float = 1.0
+    sweeper_interval_s: float = 10.0
 
 
 class Settings(BaseSettings):

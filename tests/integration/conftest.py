@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import procs
+from service.core.security import create_token
+from service.models import Base, Role
+
+pytestmark = pytest.mark.integration
+
+
+def _truncate(engine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@dataclass
+class Stack:
+    base: str
+    token: str
+    env: dict
+    log_dir: object
+    engine: object
+    api: procs.Proc
+    workers: list = field(default_factory=list)
+    beat: procs.Proc | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def logs(self) -> str:
+        out = [f"--- {self.api.name}\n{self.api.tail()}"]
+        out += [f"--- {w.name}\n{w.tail()}" for w in self.workers]
+        if self.beat:
+            out.append(f"--- beat\n{self.beat.tail(20)}")
+        return "\n".join(out)
+
+    def start_worker(self, name: str = "worker") -> procs.Proc:
+        w = procs.worker(self.env, self.log_dir, name).start()
+        self.workers.append(w)
+        return w
+
+
+@pytest.fixture
+def stack(engine, database_url, tmp_path):
+    _truncate(engine)
+    procs.flush_redis()
+    env = procs.env_for(database_url, tmp_path / "artifacts")
+    port = procs.free_port()
+    with Session(engine) as s, s.begin():
+        _, token = create_token(s, Role.admin, "integration")
+    st = Stack(base=f"http://127.0.0.1:{port}", token=token, env=env, log_dir=tmp_path, engine=engine,
+               api=procs.api(env, tmp_path, port).start())
+    st.beat = procs.beat(env, tmp_path).start()
+    st.start_worker()
+    try:
+        procs.wait_http(st.base)
+        yield st
+    finally:
+        for p in [st.api, st.beat, *st.workers]:
+            if p is not None:
+                p.kill()
+        _truncate(engine)
+        procs.flush_redis()
+
+
+def make_data(n_subjects=40, per_subject=6, d=16, classes=4, seed=0, n_core=200, n_eval=150):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(classes, d)) * 1.5
+
+    def draw(n):
+        y = rng.integers(0, classes, size=n)
+        return (means[y] + rng.normal(size=(n, d))).astype(np.float32), y.astype(np.int64)
+
+    data = {"core": draw(n_core), "eval": draw(n_eval), "user": draw(n_subjects * per_subject)}
+    data["subjects"] = [f"person-{i:03d}" for i in range(n_subjects) for _ in range(per_subject)]
+    data["d"], data["classes"] = d, classes
+    return data
+
+
+def npz(x, y, subjects, split) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, x=x, labels=y, subject_ids=np.array(subjects), split=np.array(split))
+    return buf.getvalue()
+
+
+def register_and_ingest(c: httpx.Client, name: str, data: dict, *, hidden=(16,), linearize="last:1", method_config=None,
+                        architecture="mlp", batch_window_s=3600) -> None:
+    spec = {
+        "name": name, "architecture": architecture,
+        "architecture_config": {"in_features": data["d"], "hidden": list(hidden), "num_classes": data["classes"]},
+        "input_shape": [data["d"]], "num_classes": data["classes"], "linearize": linearize, "batch_window_s": batch_window_s,
+        "method_config": {"l2": 1e-3, "noise_std": 1e-3, "core_epochs": 10, "device": "cpu", "max_accuracy_drop": 0.5, **(method_config or {})},
+    }
+    r = c.post("/v1/models", json=spec)
+    assert r.status_code == 201, r.text
+    for split in ("core", "eval"):
+        x, y = data[split]
+        r = c.post(f"/v1/models/{name}/samples", content=npz(x, y, [f"{split}-{i}" for i in range(len(y))], split),
+                   headers={"content-type": "application/x-npz"})
+        assert r.status_code == 201, r.text
+    x, y = data["user"]
+    r = c.post(f"/v1/models/{name}/samples", content=npz(x, y, data["subjects"], "user"), headers={"content-type": "application/x-npz"})
+    assert r.status_code == 201, r.text
+
+
+def wait_job(stack: Stack, c: httpx.Client, job_id: str, timeout: float = 180) -> dict:
+    def done():
+        j = c.get(f"/v1/jobs/{job_id}").json()
+        return j if j["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return procs.wait_for(done, timeout, f"job {job_id}", on_timeout=stack.logs)
