@@ -53,7 +53,7 @@ def run(base_url: str, token: str, out=print) -> dict:
     spec = {
         "name": MODEL, "architecture": "mlp", "architecture_config": {"in_features": 64, "hidden": [64], "num_classes": 10},
         "input_shape": [64], "num_classes": 10, "linearize": "last:1", "batch_window_s": 30, "batch_size": 50,
-        "method_config": {"l2": 1e-3, "noise_std": 1e-3, "core_epochs": 30, "device": "cpu", "max_accuracy_drop": 0.02},
+        "method_config": {"l2": 1e-3, "noise_std": 3e-4, "core_epochs": 30, "device": "cpu", "max_accuracy_drop": 0.02},
     }
     r = c.post("/v1/models", json=spec)
     if r.status_code == 409:

@@ -17,7 +17,7 @@ class ForgettingSettings(BaseModel):
 
     l2: float = Field(1e-3, gt=0, description="μ")
     target_scale: float = Field(1.0, gt=0, description="κ")
-    noise_std: float = Field(1e-3, ge=0, description="s")
+    noise_std: float = Field(3e-4, ge=0, description="s")
     tol: float = Field(1e-9, gt=0)
     max_iter: int = Field(2000, ge=1)
     max_newton_steps: int = Field(4, ge=1)

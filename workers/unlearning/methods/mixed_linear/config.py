@@ -13,7 +13,7 @@ class MixedLinearConfig(BaseModel):
     method: Literal["mixed_linear"] = "mixed_linear"
     l2: float = Field(1e-3, gt=0, description="μ: L2 regularisation of the user weights")
     target_scale: float = Field(1.0, gt=0, description="κ: targets are κ·onehot(y)")
-    noise_std: float = Field(1e-3, ge=0, description="s: std of the release noise on the user weights")
+    noise_std: float = Field(3e-4, ge=0, description="s: std of the release noise on the user weights")
     tol: float = Field(1e-9, gt=0, description="stop when ‖∇L(w)‖ ≤ tol (absolute)")
     max_iter: int = Field(2000, ge=1, description="CG iterations, in total over Newton steps")
     max_newton_steps: int = Field(4, ge=1)
