@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from service.admin.app import create_admin_app
 
-    app.mount("/admin", create_admin_app(settings))
+    admin = create_admin_app(settings)
+    admin.state.parent = app
+    app.mount("/admin", admin)
     return app
 
 
