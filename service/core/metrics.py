@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from service.models import DeletionRequest, ModelVersion, OPEN_REQUEST_STATUSES
+from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Job, Model, ModelVersion
 from service.models._types import utcnow
 
 router = APIRouter(tags=["health"])
@@ -41,6 +41,36 @@ class DatabaseCollector:
             for state, n in session.execute(select(ModelVersion.state, func.count()).group_by(ModelVersion.state)):
                 versions.add_metric([state], n)
             yield versions
+            names = dict(session.execute(select(Model.id, Model.name)).all())
+            bound = GaugeMetricFamily("lethe_last_bound_kl_nats", "Information bound of the newest version", labels=["model"])
+            acc = GaugeMetricFamily("lethe_last_eval_accuracy", "Eval accuracy of the newest version", labels=["model"])
+            for mid, name in names.items():
+                v = session.execute(
+                    select(ModelVersion).where(ModelVersion.model_id == mid).order_by(ModelVersion.number.desc()).limit(1)
+                ).scalar_one_or_none()
+                if v is None:
+                    continue
+                kl = (v.bound or {}).get("kl_nats")
+                if isinstance(kl, (int, float)):
+                    bound.add_metric([name], float(kl))
+                if isinstance((v.metrics or {}).get("eval_accuracy"), (int, float)):
+                    acc.add_metric([name], float(v.metrics["eval_accuracy"]))
+            yield bound
+            yield acc
+            jobs = GaugeMetricFamily("lethe_jobs", "Jobs by status", labels=["status"])
+            for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+                jobs.add_metric([status], n)
+            yield jobs
+            steps = GaugeMetricFamily("lethe_last_job_step_seconds", "Step durations of the newest finished job", labels=["model", "step"])
+            for mid, name in names.items():
+                j = session.execute(
+                    select(Job).where(Job.model_id == mid, Job.status == "succeeded").order_by(Job.finished_at.desc()).limit(1)
+                ).scalar_one_or_none()
+                for step in ("solve", "evaluate"):
+                    val = (j.metrics or {}).get(f"seconds_{step}") if j else None
+                    if isinstance(val, (int, float)):
+                        steps.add_metric([name, step], float(val))
+            yield steps
 
 
 def _aware(dt):

@@ -52,3 +52,24 @@ def test_unknown_route_is_a_problem(client):
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["status"] == 404
+
+
+def test_metrics_report_requests_versions_and_bounds(client, db):
+    import uuid
+    from datetime import timedelta
+
+    from service.models import DeletionRequest, Model, ModelVersion
+    from service.models._types import utcnow
+
+    m = Model(name="mm", architecture="mlp", architecture_config={}, input_shape=[2], num_classes=2, linearize="all", method_config={})
+    db.add(m)
+    db.flush()
+    now = utcnow()
+    db.add(DeletionRequest(id=uuid.uuid4(), subject_key="k" * 64, status="queued", created_at=now - timedelta(seconds=90), due_at=now, attempts=0))
+    db.add(ModelVersion(model_id=m.id, number=1, sha256="0" * 64, size_bytes=1, bound={"kl_nats": 2.5e-7}, metrics={"eval_accuracy": 0.9}))
+    db.flush()
+    text = client.get("/metrics").text
+    assert 'lethe_deletion_requests{status="queued"} 1.0' in text
+    assert 'lethe_last_bound_kl_nats{model="mm"} 2.5e-07' in text
+    age = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("lethe_queue_oldest_age_seconds")))
+    assert 85 <= age < 600
