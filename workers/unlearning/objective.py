@@ -40,10 +40,28 @@ class SolveResult:
         return asdict(self)
 
 
-class Objective:
-    """L_D for one model and one data set. Features of the linearised head are cached once."""
+def _linear_head(model: MixedLinearModel):
+    """The head's single ``nn.Linear`` when the head is exactly one affine layer, else None."""
+    from torch import nn
 
-    def __init__(self, model: MixedLinearModel, source: TensorSource, mu: float, *, cache_features: bool = True) -> None:
+    head = model.head
+    mods = [m for m in head.modules() if not isinstance(m, (nn.Sequential, nn.Identity, nn.Flatten))]
+    if len(mods) == 1 and isinstance(mods[0], nn.Linear) and set(model.user) == {n for n, _ in head.named_parameters()}:
+        return mods[0]
+    return None
+
+
+class Objective:
+    """L_D for one model and one data set. Features of the linearised head are cached once.
+
+    When the linearised head is a single affine layer ``f = W φ + b`` (``linearize="last:1"`` on a
+    network ending in ``nn.Linear``), ``J v`` is exactly ``V φ + c``: the Hessian is the Gram
+    matrix ``G = AᵀA/N + μI`` of ``A = [φ, 1]`` (shared by all outputs), built in one streamed pass.
+    Every later gradient and HVP costs O(C·h²) instead of a pass over the data — same convention,
+    same numbers (a test checks it against the generic JVP/VJP path).
+    """
+
+    def __init__(self, model: MixedLinearModel, source: TensorSource, mu: float, *, cache_features: bool = True, use_gram: bool = True) -> None:
         if len(source) == 0:
             raise InvalidDataError("the data set is empty: nothing to fit or retain")
         if mu <= 0:
@@ -57,6 +75,43 @@ class Objective:
         if self.cache_features:
             self._cache = [(model.features(x), y) for x, y in source]
         self._num_out: int | None = None
+        self._gram = None
+        lin = _linear_head(model) if (use_gram and model.prefix is not None) else None
+        if lin is not None:
+            self._build_gram(lin)
+
+    def _build_gram(self, lin) -> None:
+        m = self.model
+        h = lin.in_features
+        G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
+        B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
+        c0 = 0.0
+        for feats, y in self.chunks():
+            a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
+            with torch.no_grad():
+                f0 = m.head(feats).to(torch.float64)
+            r0 = f0 - m.targets(y, f0.shape[1]).to(torch.float64)
+            G += a.T @ a
+            B += r0.T @ a
+            c0 += float((r0**2).sum())
+        self._gram = (G / self.n, B / self.n, [n for n, p in m.head.named_parameters() if p is lin.weight][0],
+                      [n for n, p in m.head.named_parameters() if p is lin.bias][0] if lin.bias is not None else None)
+        self._cache = None  # the Gram replaces the cached features
+        self._c0 = c0 / self.n
+
+    def _to_aug(self, vec: torch.Tensor) -> torch.Tensor:
+        wn, bn, = self._gram[2], self._gram[3]
+        d = self.model.unflatten(vec)
+        W = d[wn].to(torch.float64)
+        b = d[bn].to(torch.float64) if bn else torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+        return torch.cat([W, b[:, None]], dim=1)
+
+    def _from_aug(self, M: torch.Tensor) -> torch.Tensor:
+        wn, bn = self._gram[2], self._gram[3]
+        parts = {wn: M[:, :-1]}
+        if bn:
+            parts[bn] = M[:, -1]
+        return torch.cat([parts[n].reshape(-1) for n in self.model._lin])
 
     def chunks(self):
         if self._cache is not None:
@@ -68,6 +123,13 @@ class Objective:
     # -- the three functions --------------------------------------------------------------
     def loss_and_grad(self, w: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
         m = self.model
+        if self._gram is not None:
+            G, B = self._gram[0], self._gram[1]
+            wf = m.flatten(w)
+            Wa = self._to_aug(wf)
+            grad = self._from_aug(Wa @ G + B) + self.mu * wf
+            loss = 0.5 * (self._c0 + 2 * float((Wa * B).sum()) + float(((Wa @ G) * Wa).sum())) + 0.5 * self.mu * float(wf @ wf)
+            return loss, grad
         total = 0.0
         grad = torch.zeros(m.num_user_parameters, dtype=torch.float64, device=m.device_)
         for feats, y in self.chunks():
@@ -84,6 +146,8 @@ class Objective:
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         m = self.model
+        if self._gram is not None:
+            return self._from_aug(self._to_aug(v) @ self._gram[0]) + self.mu * v
         vd = m.unflatten(v)
         acc = torch.zeros_like(v)
         for feats, _ in self.chunks():

@@ -163,8 +163,8 @@ def test_feature_cache_equals_full_passes():
     model, method, cfg, x, y, _, _ = tiny_problem(linearize="last:1")
     assert model.prefix is not None
     src = TensorSource(x, y, chunk_size=5)
-    cached = Objective(model, src, cfg.l2, cache_features=True)
-    streamed = Objective(model, src, cfg.l2, cache_features=False)
+    cached = Objective(model, src, cfg.l2, cache_features=True, use_gram=False)
+    streamed = Objective(model, src, cfg.l2, cache_features=False, use_gram=False)
     assert cached._cache is not None and streamed._cache is None
     v = torch.randn(model.num_user_parameters, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(cached.hvp(v), streamed.hvp(v), rtol=0, atol=1e-14)
@@ -201,3 +201,20 @@ def test_forget_equals_dense_retrain_for_any_subset(forget):
 
 _PROP = tiny_problem(n=30, seed=3)
 _PROP[1].fit(_PROP[0], TensorSource(_PROP[3], _PROP[4]), _PROP[2])
+
+
+def test_gram_fast_path_equals_the_generic_jvp_vjp_path():
+    model, method, cfg, x, y, _, oracle = tiny_problem(linearize="last:1", n=40)
+    src = TensorSource(x, y, chunk_size=6)
+    gram = Objective(model, src, cfg.l2)
+    generic = Objective(model, src, cfg.l2, use_gram=False)
+    assert gram._gram is not None and generic._gram is None
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(model.num_user_parameters, dtype=torch.float64, generator=g)
+    w = model.unflatten(torch.randn(model.num_user_parameters, dtype=torch.float64, generator=g))
+    assert rel(gram.hvp(v), generic.hvp(v)) <= 1e-12
+    lg, gg = gram.loss_and_grad(w)
+    ln, gn = generic.loss_and_grad(w)
+    assert rel(gg, gn) <= 1e-12 and abs(lg - ln) <= 1e-10 * abs(ln)
+    # and the independent loss agrees too
+    assert abs(lg - float(oracle.loss(model.flatten(w)))) <= 1e-10 * abs(lg)
