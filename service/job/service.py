@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.errors import Conflict, ModelNotFound, NotFound
+from service.core.errors import Conflict, NotFound
 from service.core.jobs import QUEUE_GPU, enqueue
+from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
     DeletionRequest,
@@ -63,13 +64,6 @@ def _aware(at: datetime) -> datetime:
     from datetime import UTC
 
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def get_model(session: Session, name: str) -> Model:
-    model = session.execute(select(Model).where(Model.name == name)).scalar_one_or_none()
-    if model is None:
-        raise ModelNotFound(f"No model named '{name}' is registered", model=name)
-    return model
 
 
 def active_job(session: Session, model_id: int) -> Job | None:
