@@ -140,7 +140,19 @@ async def get_version(
             v = service.live_or_gone(service.resolve_version(session, model, ref), model)
             return service.manifest_etag(v), service.manifest(session, model, v).model_dump(mode="json")
 
+    def quick_etag():
+        with factory() as session:
+            return service.current_etag(session, name, ref)
+
     deadline = time.monotonic() + (wait or 0)
+    if if_none_match:
+        # Revalidation fast path: one query; unchanged and no long-poll -> 304 without a manifest.
+        etag = await anyio.to_thread.run_sync(quick_etag)
+        while etag is not None and _etag_matches(if_none_match, etag):
+            if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
+                return Response(status_code=304, headers={"ETag": etag})
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            etag = await anyio.to_thread.run_sync(quick_etag)
     while True:
         etag, body = await anyio.to_thread.run_sync(check)
         if not _etag_matches(if_none_match, etag):

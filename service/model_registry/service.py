@@ -197,7 +197,27 @@ def manifest(session: Session, model: Model, v: ModelVersion) -> VersionManifest
 
 
 def manifest_etag(v: ModelVersion) -> str:
-    return f'"v{v.id}-{v.sha256[:16]}-{v.state}"'
+    return etag_of(v.id, v.sha256, v.state)
+
+
+def etag_of(version_id: int, sha256: str, state: str) -> str:
+    return f'"v{version_id}-{sha256[:16]}-{state}"'
+
+
+def current_etag(session: Session, model_name: str, ref: str) -> str | None:
+    """The manifest ETag in ONE query (the hot path of polling model servers), or None when the
+    model/version does not exist (the caller then takes the full path for the right error)."""
+    q = select(ModelVersion.id, ModelVersion.sha256, ModelVersion.state).join(Model, Model.id == ModelVersion.model_id).where(Model.name == model_name)
+    if ref in ALIASES:
+        q = q.join(ModelAlias, (ModelAlias.version_id == ModelVersion.id) & (ModelAlias.name == ref))
+    elif ref.isdigit():
+        q = q.where(ModelVersion.number == int(ref))
+    else:
+        return None
+    row = session.execute(q).first()
+    if row is None or row.state != VersionState.live.value:
+        return None
+    return etag_of(row.id, row.sha256, row.state)
 
 
 def list_versions(session: Session, model: Model, *, before: int | None, limit: int) -> list[ModelVersion]:
