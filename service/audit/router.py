@@ -1,30 +1,26 @@
-"""The audit log: events in seq order, and chain verification."""
+"""The auditor's view of the audit log: events in seq order, and chain verification (DESIGN §7)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.audit import repository
 from service.audit.schemas import AuditEventRead, AuditPage, ChainVerificationRead
 from service.audit.service import verify_chain
 from service.core.db import get_session
 from service.core.security import Principal, require, subject_key
-from service.models import AuditEvent, Role
+from service.models import Role
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def list_events(session: Session, *, since: int, kind: str | None, key: str | None, limit: int) -> AuditPage:
-    q = select(AuditEvent).where(AuditEvent.seq > since)
-    if kind:
-        q = q.where(AuditEvent.kind == kind)
-    if key:
-        q = q.where(AuditEvent.subject_key == key)
-    rows = session.execute(q.order_by(AuditEvent.seq).limit(limit + 1)).scalars().all()
+    """One page of events with ``seq > since`` (also used by the admin dashboard)."""
+    rows = repository.events_after(session, since=since, limit=limit, kind=kind, subject_key=key)
     page = rows[:limit]
     return AuditPage(
         items=[AuditEventRead.model_validate(e, from_attributes=True) for e in page],
@@ -36,13 +32,13 @@ def list_events(session: Session, *, since: int, kind: str | None, key: str | No
 def audit_events(
     request: Request,
     session: SessionDep,
-    since: int = Query(0, ge=0),
-    kind: str | None = None,
-    subject_id: str | None = Query(None, min_length=1, max_length=256),
-    limit: int = Query(100, ge=1, le=1000),
+    since: Annotated[int, Query(ge=0, description="Return events with seq greater than this")] = 0,
+    kind: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    subject_id: Annotated[str | None, Query(min_length=1, max_length=256, description="Matched by its subject key")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     _: Principal = Depends(require(Role.auditor)),
 ) -> AuditPage:
-    key = subject_key(request.app.state.settings.security.secret_key, subject_id) if subject_id else None
+    key = subject_key(request.app.state.settings.security.secret_key, subject_id) if subject_id is not None else None
     return list_events(session, since=since, kind=kind, key=key, limit=limit)
 
 

@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import select, text
@@ -32,14 +33,43 @@ def _canonical_time(at: datetime) -> str:
 
 
 def _json_safe(value: Any) -> Any:
-    """Payloads must be strict JSON: non-finite floats become strings ("inf", "nan")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+    """The payload as it will read back from the database, so the hash computed at append time
+    is the hash recomputed at verification.
+
+    * Non-finite floats become strings ("inf", "nan"): strict JSON has no such numbers.
+    * PostgreSQL JSONB keeps numbers as ``numeric``: ``1e+20`` reads back as the integer
+      100000000000000000000 and ``-0.0`` as ``0.0``. Integral floats of magnitude >= 1e16 (the
+      ones Python writes with an exponent) become ints, and ``-0.0`` becomes ``0.0``; every other
+      float round-trips exactly through its shortest repr.
+    * JSONB refuses NUL characters: they become U+FFFD.
+    * Tuples become lists, keys become strings; UUIDs, datetimes, enums and other objects become
+      their string form (datetimes in ISO 8601).
+    """
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0.0:
+            return 0.0
+        if abs(value) >= 1e16 and value.is_integer():
+            return int(value)
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        return str(value).replace("\x00", "\ufffd")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_json_safe(str(k) if not isinstance(k, str) else k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    return value
+    if isinstance(value, Enum):
+        return _json_safe(value.value)
+    if isinstance(value, datetime):
+        return _canonical_time(value)
+    if callable(getattr(value, "item", None)) and getattr(value, "shape", None) == ():
+        return _json_safe(value.item())  # numpy scalars
+    return _json_safe(str(value))
 
 
 def canonical(seq: int, at: datetime, actor: str, kind: str, subject_key: str | None, payload: dict) -> bytes:
