@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save as st_save
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,6 +15,7 @@ from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, Subject
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
 from service.model_registry.schemas import AliasEventRead, AliasesRead, ModelCreate, ModelRead, VersionManifest
+from service.model_registry.samples import encode_chunk
 from service.model_registry.uploads import ParsedUpload
 from service.models import (
     OPEN_REQUEST_STATUSES,
@@ -134,7 +134,7 @@ def ingest(
     ).scalar()
     if pending is not None:
         raise SubjectHasOpenRequest("A subject in this upload has an open deletion request for this model", row=keys.index(pending))
-    art = store.put_bytes(st_save({"x": upload.x}), prefix=f"samples/{model.id}", suffix=".safetensors")
+    art = store.put_bytes(encode_chunk(upload.x), prefix=f"samples/{model.id}", suffix=".safetensors")
     chunk = SampleChunk(model_id=model.id, uri=art.uri, sha256=art.sha256, n_rows=len(keys))
     session.add(chunk)
     session.flush()

@@ -72,8 +72,7 @@ def _rows(n=5, split="user", d=4):
 
 
 def test_json_npz_safetensors_ingestion_round_trip(client, db):
-    from service.model_registry.uploads import SPLITS  # noqa: F401
-    from workers.execution.data import read_samples
+    from service.model_registry.samples import read_samples
 
     _register(client)
     model = db.execute(select(Model)).scalar_one()
@@ -91,12 +90,12 @@ def test_json_npz_safetensors_ingestion_round_trip(client, db):
     r = client.post("/v1/models/digits/samples", content=st, headers={**client.auth("operator"), "content-type": "application/vnd.safetensors"})
     assert r.status_code == 201, r.text
     store = client.app.state.store
-    user = read_samples(db, store, model.id, [4], splits=["user"])
+    user = read_samples(db, store, model.id, splits=["user"])
     assert np.array_equal(user.x, np.array([r["x"] for r in rows], dtype=np.float32))
     assert user.y.tolist() == [r["label"] for r in rows]
-    core = read_samples(db, store, model.id, [4], splits=["core"])
+    core = read_samples(db, store, model.id, splits=["core"])
     assert np.array_equal(core.x, x) and core.y.tolist() == [0, 1, 2, 0]
-    ev = read_samples(db, store, model.id, [4], splits=["eval"])
+    ev = read_samples(db, store, model.id, splits=["eval"])
     assert np.array_equal(ev.x, x2.astype(np.float32))
     # subject keys only, never raw ids
     keys = set(db.execute(select(Sample.subject_key)).scalars())
