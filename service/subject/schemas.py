@@ -2,21 +2,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+
+class HeldVersion(BaseModel):
+    model: str
+    number: int
 
 
 class SubjectRequest(BaseModel):
     id: uuid.UUID
-    model: str | None
+    model: str | None = Field(description="null: the request covers every model holding the subject")
     status: str
     created_at: datetime
     due_at: datetime
     completed_at: datetime | None
     samples_removed: int | None
-    clean_version: int | None
-    held_versions: list[Any]
+    clean_version: int | None = Field(description="Number of the first version clean of the subject")
+    clean_version_model: str | None
+    held_versions: list[HeldVersion] = Field(description="Versions that were trained on the subject's data")
 
 
 class CleanVersion(BaseModel):
@@ -25,20 +30,36 @@ class CleanVersion(BaseModel):
     state: str
 
 
+class ReleaseBound(BaseModel):
+    number: int
+    created_at: datetime
+    state: str
+    guarantee: str | None
+    kl_nats: float | None = Field(description="null: this release carries no finite bound")
+
+
 class ModelReceipt(BaseModel):
     model: str
     samples_remaining: int
     tombstoned_since: datetime | None
-    held_by_versions: list[int]
+    held_by_versions: list[int] = Field(description="Versions that were (or, while samples remain, are) trained on the subject")
     first_clean_version: CleanVersion | None
-    latest_is_clean: bool | None
+    latest_version: int | None
+    latest_is_clean: bool | None = Field(description="null: the model has no such alias")
+    production_version: int | None
     production_is_clean: bool | None
-    cumulative_kl_nats: float
+    cumulative_kl_nats: float = Field(
+        description="Sum of kl_nats over every release since (and including) the first clean version; "
+        "null in JSON (infinite) when one of them has no finite bound (listed in unbounded_versions)"
+    )
     cumulative_kl_bits: float
     releases_since_deletion: int
+    releases: list[ReleaseBound]
+    unbounded_versions: list[int]
 
 
 class SubjectReceipt(BaseModel):
+    subject_id: str = Field(description="Echoed back to the caller only; never stored or logged")
     subject_key: str
     requests: list[SubjectRequest]
     models: list[ModelReceipt]
