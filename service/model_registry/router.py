@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from datetime import datetime
@@ -46,11 +47,20 @@ def register_model(body: ModelCreate, request: Request, response: Response, sess
     return service.to_read(session, model)
 
 
+def _limit(request: Request, limit: int | None) -> int:
+    api = request.app.state.settings.api
+    return min(limit or api.page_size_default, api.page_size_max)
+
+
+def _secret(request: Request) -> str:
+    return request.app.state.settings.security.secret_key
+
+
 @router.get("/v1/models", response_model=ModelPage)
-def list_models(session: SessionDep, cursor: str | None = None, limit: int = Query(50, ge=1, le=500), _: Principal = Depends(_read)) -> ModelPage:
-    rows = service.list_models(session, after=cursor, limit=limit)
-    nxt = rows[limit - 1].name if len(rows) > limit else None
-    return ModelPage(items=[service.to_read(session, m) for m in rows[:limit]], next_cursor=nxt)
+def list_models(request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
+                limit: int | None = Query(None, ge=1), _: Principal = Depends(_read)) -> ModelPage:
+    """Registered models, newest first (any role)."""
+    return service.page_models(session, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
 
 
 @router.get("/v1/models/{name}", response_model=ModelRead)
@@ -102,12 +112,11 @@ async def ingest_samples(
 
 # ----------------------------------------------------------------------------- versions
 @router.get("/v1/models/{name}/versions", response_model=VersionPage)
-def list_versions(name: str, session: SessionDep, cursor: int | None = None, limit: int = Query(50, ge=1, le=500),
-                  _: Principal = Depends(_serve)) -> VersionPage:
+def list_versions(name: str, request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
+                  limit: int | None = Query(None, ge=1), _: Principal = Depends(_serve)) -> VersionPage:
+    """Versions (revoked ones included, with their state), newest first."""
     model = service.get_model(session, name)
-    rows = service.list_versions(session, model, before=cursor, limit=limit)
-    nxt = rows[limit - 1].number if len(rows) > limit else None
-    return VersionPage(items=[service.manifest(session, model, v) for v in rows[:limit]], next_cursor=nxt)
+    return service.page_versions(session, model, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -138,7 +147,7 @@ async def get_version(
         with factory() as session:
             model = service.get_model(session, name)
             v = service.live_or_gone(service.resolve_version(session, model, ref), model)
-            return service.manifest_etag(v), service.manifest(session, model, v).model_dump(mode="json")
+            return service.manifest_etag(session, v), service.manifest(session, model, v).model_dump(mode="json")
 
     def quick_etag():
         with factory() as session:
@@ -156,8 +165,6 @@ async def get_version(
     while True:
         etag, body = await anyio.to_thread.run_sync(check)
         if not _etag_matches(if_none_match, etag):
-            import json
-
             return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
         if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
             return Response(status_code=304, headers={"ETag": etag})

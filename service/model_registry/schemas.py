@@ -4,9 +4,9 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-_ARCH = re.compile(r"^(mlp|cnn|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+_ARCH = re.compile(r"^(mlp|cnn|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*)$")
 _LIN = re.compile(r"^(all|last:[1-9]\d*)$")
 
 
@@ -37,7 +37,7 @@ class ModelCreate(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     architecture: str = Field(description="mlp, cnn, or package.module:function")
     architecture_config: dict[str, Any] = Field(default_factory=dict)
-    input_shape: list[int] = Field(min_length=1, max_length=4)
+    input_shape: list[StrictInt] = Field(min_length=1, max_length=4)
     num_classes: int = Field(ge=2, le=100_000)
     linearize: str = "all"
     method: Literal["mixed_linear"] = "mixed_linear"
@@ -99,8 +99,8 @@ class SampleRow(BaseModel):
 
     subject_id: str = Field(min_length=1, max_length=256)
     split: Literal["core", "user", "eval"]
-    label: int
-    x: Any
+    label: StrictInt
+    x: Any = Field(description="nested lists of numbers with the model's input_shape")
 
 
 class SamplesJson(BaseModel):

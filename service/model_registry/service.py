@@ -1,38 +1,40 @@
-"""Models, samples, versions and aliases (DESIGN §3, §5, §8). Never commits; never imports torch."""
+"""Models, samples, versions and aliases (DESIGN §3, §5, §8). Never commits; never imports torch.
+
+Helpers the pipeline reuses: :func:`get_model`, :func:`resolve_version`, :func:`move_alias`.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, SubjectTombstoned
+from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
-from service.model_registry.schemas import AliasEventRead, AliasesRead, ModelCreate, ModelRead, VersionManifest
+from service.model_registry import repository as repo
 from service.model_registry.samples import encode_chunk
-from service.model_registry.uploads import ParsedUpload
-from service.models import (
-    OPEN_REQUEST_STATUSES,
-    AliasEvent,
-    DeletionRequest,
-    Model,
-    ModelAlias,
-    ModelVersion,
-    Sample,
-    SampleChunk,
-    SubjectTombstone,
-    VersionState,
+from service.model_registry.schemas import (
+    AliasEventRead,
+    AliasesRead,
+    ModelCreate,
+    ModelPage,
+    ModelRead,
+    VersionManifest,
+    VersionPage,
 )
+from service.model_registry.uploads import ParsedUpload
+from service.models import AliasEvent, Model, ModelAlias, ModelVersion, SampleChunk, VersionState
 from service.models._types import utcnow
 
 ALIASES = ("latest", "production")
 MOVABLE = ("production",)
+SPLITS = ("core", "user", "eval")
+ALIAS_HISTORY_LIMIT = 200
 
 
 class ModelExists(Conflict):
@@ -43,12 +45,20 @@ class VersionNotFound(NotFound):
     type, title = "version-not-found", "Unknown model version"
 
 
+class AliasNotFound(NotFound):
+    type, title = "alias-not-found", "Unknown alias"
+
+
 class VersionRevoked(Gone):
     type, title = "version-revoked", "This version was revoked"
 
 
 class AliasNotMovable(Conflict):
     type, title = "alias-not-movable", "This alias cannot be moved by hand"
+
+
+class AliasTargetRevoked(Conflict):
+    type, title = "alias-target-revoked", "An alias cannot point at a revoked version"
 
 
 class SubjectHasOpenRequest(Conflict):
@@ -61,41 +71,59 @@ def _aware(at: datetime | None) -> datetime | None:
 
 # ----------------------------------------------------------------------------- models
 def get_model(session: Session, name: str) -> Model:
-    model = session.execute(select(Model).where(Model.name == name)).scalar_one_or_none()
+    model = repo.model_by_name(session, name)
     if model is None:
         raise ModelNotFound(f"No model named '{name}' is registered", model=name)
     return model
 
 
 def register(session: Session, data: ModelCreate, actor: str) -> Model:
-    model = Model(**{**data.model_dump(exclude={"method_config"}), "method_config": data.method_config.model_dump()})
+    model = Model(**{**data.model_dump(exclude={"method_config"}), "method_config": data.method_config.model_dump(mode="json")})
     try:
         with session.begin_nested():
             session.add(model)
             session.flush()
     except IntegrityError:
-        raise ModelExists(f"A model named '{data.name}' already exists") from None
+        raise ModelExists(f"A model named '{data.name}' already exists", model=data.name) from None
     append_event(session, actor=actor, kind="model.registered", payload={"model": data.name, "architecture": data.architecture})
     return model
 
 
-def to_read(session: Session, model: Model) -> ModelRead:
-    counts = dict(session.execute(select(Sample.split, func.count()).where(Sample.model_id == model.id).group_by(Sample.split)).all())
-    latest = session.execute(select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id)).scalar()
+def _read(model: Model, counts: dict[str, int], latest: int | None) -> ModelRead:
     return ModelRead(
         name=model.name, architecture=model.architecture, architecture_config=model.architecture_config,
         input_shape=model.input_shape, num_classes=model.num_classes, linearize=model.linearize, method=model.method,
         method_config=model.method_config, batch_window_s=model.batch_window_s, batch_size=model.batch_size,
         auto_approve=model.auto_approve, auto_promote=model.auto_promote, sla_days=model.sla_days,
-        samples={s: int(counts.get(s, 0)) for s in ("core", "user", "eval")}, latest_version=latest, created_at=model.created_at,
+        samples={s: int(counts.get(s, 0)) for s in SPLITS}, latest_version=latest, created_at=_aware(model.created_at),
     )
 
 
+def to_read(session: Session, model: Model) -> ModelRead:
+    return read_many(session, [model])[0]
+
+
+def read_many(session: Session, models: list[Model]) -> list[ModelRead]:
+    """``ModelRead`` of several models in three queries (no N+1)."""
+    ids = [m.id for m in models]
+    counts = repo.sample_counts(session, ids)
+    latest = repo.latest_numbers(session, ids)
+    return [_read(m, counts.get(m.id, {}), latest.get(m.id)) for m in models]
+
+
 def list_models(session: Session, *, after: str | None, limit: int) -> list[Model]:
-    q = select(Model).order_by(Model.name).limit(limit + 1)
-    if after:
-        q = q.where(Model.name > after)
-    return list(session.execute(q).scalars())
+    """By name, ``limit + 1`` rows (the dashboard's list)."""
+    return repo.models_by_name(session, after=after, limit=limit)
+
+
+def page_models(session: Session, *, secret: str, cursor: str | None, limit: int) -> ModelPage:
+    """Newest first, continued by a signed keyset cursor."""
+    pos = decode_cursor(cursor, secret=secret, scope="models") if cursor else None
+    page, nxt = split_page(repo.models_page(session, pos, limit), limit, lambda m: (m.created_at, m.id))
+    return ModelPage(
+        items=read_many(session, page),
+        next_cursor=encode_cursor(*nxt, secret=secret, scope="models") if nxt else None,
+    )
 
 
 # ----------------------------------------------------------------------------- samples
@@ -108,67 +136,76 @@ def ingest(
     consent_renewed_at: datetime | None,
     actor: str,
 ) -> tuple[int, int, dict[str, int]]:
-    """Guard, then write one chunk file and the sample rows (subject keys only)."""
+    """Guard, then write one chunk file and the sample rows (subject keys only).
+
+    Guards (each a 409 and nothing written):
+
+    * a subject with a tombstone for this model (it was deleted from it) unless the upload's
+      ``consent_renewed_at`` is later than the tombstone's ``deleted_at``; an accepted renewal
+      removes the tombstone (the subject is in the model again) and is audited;
+    * a subject with an OPEN deletion request covering this model (the model's own or one for
+      every model; received, awaiting_approval, queued, processing): samples added now could
+      miss the running batch and outlive the request that asked for their deletion. Upload
+      them again once the request is completed (that needs renewed consent) or cancelled.
+
+    The chunk file is written before the rows; when the transaction then fails, the file is an
+    orphan. That is harmless: files are content-addressed (a retry reuses the same name) and
+    nothing points at it; the sweeper's purge of ``samples/<model>`` may delete it.
+    """
     keys = [subject_key(secret, s) for s in upload.subject_ids]
     unique = sorted(set(keys))
-    stones = session.execute(
-        select(SubjectTombstone.subject_key, SubjectTombstone.deleted_at).where(
-            SubjectTombstone.model_id == model.id, SubjectTombstone.subject_key.in_(unique)
-        )
-    ).all()
+    stones = repo.tombstones(session, model.id, unique)
     renewed = _aware(consent_renewed_at)
     for key, deleted_at in stones:
         if renewed is None or renewed <= _aware(deleted_at):
             raise SubjectTombstoned(
-                "A subject in this upload was deleted from this model; re-ingesting needs consent_renewed_at "
-                "after the deletion",
+                "A subject in this upload was deleted from this model; re-ingesting it needs "
+                "consent_renewed_at later than the deletion",
                 row=keys.index(key),
                 deleted_at=_aware(deleted_at).isoformat(),
             )
-    pending = session.execute(
-        select(DeletionRequest.subject_key).where(
-            DeletionRequest.subject_key.in_(unique),
-            DeletionRequest.status.in_([s.value for s in OPEN_REQUEST_STATUSES]),
-            or_(DeletionRequest.model_id == model.id, DeletionRequest.model_id.is_(None)),
-        ).limit(1)
-    ).scalar()
+    pending = repo.open_request_subject(session, model.id, unique)
     if pending is not None:
-        raise SubjectHasOpenRequest("A subject in this upload has an open deletion request for this model", row=keys.index(pending))
+        raise SubjectHasOpenRequest(
+            "A subject in this upload has an open deletion request for this model; upload its samples "
+            "after the request is completed or cancelled",
+            row=keys.index(pending),
+        )
     art = store.put_bytes(encode_chunk(upload.x), prefix=f"samples/{model.id}", suffix=".safetensors")
     chunk = SampleChunk(model_id=model.id, uri=art.uri, sha256=art.sha256, n_rows=len(keys))
     session.add(chunk)
     session.flush()
     now = utcnow()
-    session.execute(
-        insert(Sample),
+    repo.insert_samples(
+        session,
         [
-            {"model_id": model.id, "subject_key": k, "split": s, "label": int(lbl), "chunk_id": chunk.id, "row": i, "created_at": now}
+            {"model_id": model.id, "subject_key": k, "split": s, "label": lbl, "chunk_id": chunk.id, "row": i, "created_at": now}
             for i, (k, s, lbl) in enumerate(zip(keys, upload.splits, upload.labels.tolist(), strict=True))
         ],
     )
     if stones:
-        session.execute(
-            SubjectTombstone.__table__.delete().where(
-                SubjectTombstone.model_id == model.id, SubjectTombstone.subject_key.in_([k for k, _ in stones])
-            )
-        )
+        repo.drop_tombstones(session, model.id, [k for k, _ in stones])
         for key, _ in stones:
             append_event(session, actor=actor, kind="subject.consent_renewed", subject_key=key,
                          payload={"model": model.name, "consent_renewed_at": renewed.isoformat()})
     by_split = {s: upload.splits.count(s) for s in sorted(set(upload.splits))}
+    append_event(session, actor=actor, kind="samples.ingested",
+                 payload={"model": model.name, "chunk_id": chunk.id, "sha256": art.sha256, "rows": len(keys), "by_split": by_split})
     return len(keys), chunk.id, by_split
 
 
 # ----------------------------------------------------------------------------- versions
 def resolve_version(session: Session, model: Model, ref: str) -> ModelVersion:
+    """``ref`` is a version number, ``latest`` or ``production``; revoked versions included
+    (see :func:`live_or_gone`)."""
     if ref in ALIASES:
-        alias = session.get(ModelAlias, (model.id, ref))
+        alias = repo.alias_row(session, model.id, ref)
         if alias is None:
             raise VersionNotFound(f"Model '{model.name}' has no '{ref}' version yet")
-        return session.get(ModelVersion, alias.version_id)
-    if not ref.isdigit():
-        raise VersionNotFound(f"Version reference must be a number, 'latest' or 'production', got {ref!r}")
-    v = session.execute(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.number == int(ref))).scalar_one_or_none()
+        return repo.version_by_id(session, alias.version_id)
+    if not ref.isdigit() or len(ref) > 9:
+        raise VersionNotFound(f"A version reference is a number, 'latest' or 'production', got {ref[:40]!r}")
+    v = repo.version_by_number(session, model.id, int(ref))
     if v is None:
         raise VersionNotFound(f"Model '{model.name}' has no version {ref}")
     return v
@@ -184,77 +221,103 @@ def live_or_gone(version: ModelVersion, model: Model) -> ModelVersion:
 
 
 def manifest(session: Session, model: Model, v: ModelVersion) -> VersionManifest:
-    parent = session.execute(select(ModelVersion.number).where(ModelVersion.id == v.parent_id)).scalar() if v.parent_id else None
-    aliases = list(session.execute(select(ModelAlias.name).where(ModelAlias.version_id == v.id)).scalars())
     return VersionManifest(
-        model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format, parent=parent,
-        created_at=v.created_at, architecture=model.architecture, architecture_config=model.architecture_config,
+        model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
+        parent=repo.version_number(session, v.parent_id), created_at=_aware(v.created_at),
+        architecture=model.architecture, architecture_config=model.architecture_config,
         linearize=model.linearize, input_shape=model.input_shape, num_classes=model.num_classes,
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
-        state=v.state, revoked_at=v.revoked_at, aliases=sorted(aliases),
+        state=v.state, revoked_at=_aware(v.revoked_at), aliases=repo.alias_names_for(session, v.id),
         weights_url=f"/v1/models/{model.name}/versions/{v.number}/weights",
     )
 
 
-def manifest_etag(v: ModelVersion) -> str:
-    return etag_of(v.id, v.sha256, v.state)
+def etag_of(version_id: int, sha256: str, state: str, alias_mask: int) -> str:
+    """Strong ETag of a manifest. Everything in a manifest is immutable except its state and
+    the aliases pointing at the version, so those are part of the tag."""
+    return f'"v{version_id}-{sha256[:16]}-{state}-a{int(alias_mask)}"'
 
 
-def etag_of(version_id: int, sha256: str, state: str) -> str:
-    return f'"v{version_id}-{sha256[:16]}-{state}"'
+def manifest_etag(session: Session, v: ModelVersion) -> str:
+    names = repo.alias_names_for(session, v.id)
+    return etag_of(v.id, v.sha256, v.state, sum(repo.ALIAS_BITS.get(n, 0) for n in names))
 
 
 def current_etag(session: Session, model_name: str, ref: str) -> str | None:
     """The manifest ETag in ONE query (the hot path of polling model servers), or None when the
-    model/version does not exist (the caller then takes the full path for the right error)."""
-    q = select(ModelVersion.id, ModelVersion.sha256, ModelVersion.state).join(Model, Model.id == ModelVersion.model_id).where(Model.name == model_name)
+    model/version does not exist or is revoked (the caller then takes the full path for the
+    right error)."""
     if ref in ALIASES:
-        q = q.join(ModelAlias, (ModelAlias.version_id == ModelVersion.id) & (ModelAlias.name == ref))
-    elif ref.isdigit():
-        q = q.where(ModelVersion.number == int(ref))
+        row = repo.etag_row(session, model_name, alias=ref)
+    elif ref.isdigit() and len(ref) <= 9:
+        row = repo.etag_row(session, model_name, number=int(ref))
     else:
         return None
-    row = session.execute(q).first()
     if row is None or row.state != VersionState.live.value:
         return None
-    return etag_of(row.id, row.sha256, row.state)
+    return etag_of(row.id, row.sha256, row.state, row.mask)
 
 
 def list_versions(session: Session, model: Model, *, before: int | None, limit: int) -> list[ModelVersion]:
-    q = select(ModelVersion).where(ModelVersion.model_id == model.id)
-    if before is not None:
-        q = q.where(ModelVersion.number < before)
-    return list(session.execute(q.order_by(ModelVersion.number.desc()).limit(limit + 1)).scalars())
+    """Newest number first, ``limit + 1`` rows (the dashboard's list)."""
+    return repo.versions_by_number(session, model.id, before=before, limit=limit)
+
+
+def page_versions(session: Session, model: Model, *, secret: str, cursor: str | None, limit: int) -> VersionPage:
+    """Newest first (creation order = number order), continued by a signed keyset cursor."""
+    scope = f"versions:{model.id}"
+    pos = decode_cursor(cursor, secret=secret, scope=scope) if cursor else None
+    page, nxt = split_page(repo.versions_page(session, model.id, pos, limit), limit, lambda v: (v.created_at, v.id))
+    return VersionPage(
+        items=[manifest(session, model, v) for v in page],
+        next_cursor=encode_cursor(*nxt, secret=secret, scope=scope) if nxt else None,
+    )
 
 
 # ----------------------------------------------------------------------------- aliases
-def move_alias(session: Session, model: Model, alias: str, version: ModelVersion, actor: str, *, system: bool = False) -> None:
+def move_alias(session: Session, model: Model, alias: str, version: ModelVersion, actor: str, *, system: bool = False) -> bool:
+    """Point ``alias`` at ``version`` and record it (alias history + audit ``alias.moved``).
+
+    Refuses a revoked version (so a rollback can never bring deleted data back) and, unless
+    ``system`` (the publish step), any alias but ``production``. Returns False when the alias
+    already pointed there (nothing recorded). The alias row is locked for the move."""
+    if alias not in ALIASES:
+        raise AliasNotFound(f"Unknown alias '{alias}'; aliases are {list(ALIASES)}", alias=alias)
     if not system and alias not in MOVABLE:
         raise AliasNotMovable(f"'{alias}' is managed by publishing and cannot be moved by hand; only {list(MOVABLE)} can")
+    if version.model_id != model.id:
+        raise VersionNotFound(f"Version {version.number} does not belong to model '{model.name}'")
     if version.state != VersionState.live.value:
-        raise Conflict(f"Version {version.number} is revoked; no alias can point at it", current_state=version.state)
-    row = session.get(ModelAlias, (model.id, alias))
+        raise AliasTargetRevoked(f"Version {version.number} is revoked; no alias can point at it", current_state=version.state)
+    row = repo.alias_row(session, model.id, alias, for_update=True)
     before = row.version_id if row else None
     if before == version.id:
-        return
+        return False
     if row is None:
         session.add(ModelAlias(model_id=model.id, name=alias, version_id=version.id))
     else:
         row.version_id = version.id
         row.updated_at = utcnow()
     session.add(AliasEvent(model_id=model.id, alias=alias, from_version_id=before, to_version_id=version.id, actor=actor))
-    append_event(session, actor=actor, kind="alias.moved", payload={"model": model.name, "alias": alias, "to": version.number})
+    session.flush()
+    append_event(session, actor=actor, kind="alias.moved", payload={
+        "model": model.name, "alias": alias, "from": repo.version_number(session, before), "to": version.number,
+    })
+    return True
 
 
 def aliases(session: Session, model: Model) -> AliasesRead:
-    num = dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.model_id == model.id)).all())
-    current = {a.name: num[a.version_id] for a in session.execute(select(ModelAlias).where(ModelAlias.model_id == model.id)).scalars()}
-    hist = session.execute(select(AliasEvent).where(AliasEvent.model_id == model.id).order_by(AliasEvent.id.desc()).limit(200)).scalars()
+    num = repo.version_numbers(session, model.id)
     return AliasesRead(
-        aliases=current,
-        history=[AliasEventRead(alias=e.alias, from_version=num.get(e.from_version_id), to_version=num[e.to_version_id], actor=e.actor, at=e.at) for e in hist],
+        aliases=repo.current_aliases(session, model.id),
+        history=[
+            AliasEventRead(alias=e.alias, from_version=num.get(e.from_version_id), to_version=num[e.to_version_id],
+                           actor=e.actor, at=_aware(e.at))
+            for e in repo.alias_history(session, model.id, ALIAS_HISTORY_LIMIT)
+        ],
     )
 
 
-def version_payload(session: Session, model: Model, ref: str) -> dict[str, Any]:  # pragma: no cover - convenience
+def version_payload(session: Session, model: Model, ref: str) -> dict[str, Any]:
+    """The manifest of a live version as JSON (410/404 problems otherwise)."""
     return manifest(session, model, live_or_gone(resolve_version(session, model, ref), model)).model_dump(mode="json")

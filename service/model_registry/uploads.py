@@ -42,10 +42,13 @@ def validate(x: np.ndarray, labels: np.ndarray, subject_ids: list[str], splits: 
         raise InvalidTensor(f"x must be a float tensor (float32 or float64), got {x.dtype}")
     if labels.dtype.kind not in "iu":
         raise InvalidTensor(f"labels must be integers, got {labels.dtype}")
-    finite = np.isfinite(x.reshape(n, -1)).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+    # Checked after the cast: a float64 beyond float32's range would be stored as infinity.
+    finite = np.isfinite(x32.reshape(n, -1)).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        raise InvalidTensor(f"x contains NaN or infinity (first bad row {row})", row=row)
+        raise InvalidTensor(f"x contains NaN or infinity (or a value beyond float32's range); first bad row {row}", row=row)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         row = int(np.argmax(bad))
@@ -56,21 +59,36 @@ def validate(x: np.ndarray, labels: np.ndarray, subject_ids: list[str], splits: 
     for i, sid in enumerate(subject_ids):
         if not isinstance(sid, str) or not sid.strip() or len(sid) > 256:
             raise ValidationFailed(f"subject_id at row {i} must be 1-256 characters", row=i)
-    return ParsedUpload(np.ascontiguousarray(x, dtype=np.float32), labels.astype(np.int64), list(subject_ids), list(splits))
+    return ParsedUpload(x32, labels.astype(np.int64), list(subject_ids), list(splits))
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationFailed("strings must be UTF-8") from None
+    return str(value)
 
 
 def _splits(value, n: int) -> list[str]:
     arr = np.asarray(value)
+    if arr.dtype.kind not in "US":
+        raise ValidationFailed(f"split must be a string or an array of strings, got {arr.dtype}")
     if arr.ndim == 0:
-        return [str(arr.item())] * n
-    return [str(s) for s in arr.tolist()]
+        return [_text(arr.item())] * n
+    return [_text(s) for s in arr.reshape(-1).tolist()]
 
 
 def parse_json_rows(rows: list, input_shape: list[int], num_classes: int) -> ParsedUpload:
     try:
-        x = np.asarray([r.x for r in rows], dtype=np.float64)
+        x = np.asarray([r.x for r in rows])
     except (ValueError, TypeError):
-        raise InvalidTensor("x must be nested lists of numbers with the model's input shape") from None
+        raise InvalidTensor("x must be nested lists of numbers with the model's input shape "
+                            f"{list(input_shape)}; rows differ in shape") from None
+    if x.dtype.kind not in "iuf":
+        raise InvalidTensor(f"x must be nested lists of numbers with the model's input shape {list(input_shape)}")
+    x = x.astype(np.float64, copy=False)
     labels = np.asarray([r.label for r in rows], dtype=np.int64)
     return validate(x, labels, [r.subject_id for r in rows], [r.split for r in rows], input_shape, num_classes)
 
@@ -87,7 +105,9 @@ def parse_npz(body: bytes, input_shape: list[int], num_classes: int) -> ParsedUp
     sids = arrays["subject_ids"]
     if sids.dtype.kind not in "US":
         raise InvalidTensor(f"subject_ids must be a string array, got {sids.dtype}")
-    sid_list = [str(s) for s in sids.reshape(-1).tolist()]
+    if sids.ndim != 1:
+        raise InvalidTensor(f"subject_ids must be a 1-d array, got shape {list(sids.shape)}")
+    sid_list = [_text(s) for s in sids.tolist()]
     return validate(arrays["x"], arrays["labels"].reshape(-1) if arrays["labels"].ndim else arrays["labels"], sid_list, _splits(arrays["split"], len(sid_list)), input_shape, num_classes)
 
 
@@ -107,10 +127,12 @@ def parse_safetensors(body: bytes, input_shape: list[int], num_classes: int) -> 
         split_meta = meta["split"]
     except (KeyError, json.JSONDecodeError):
         raise ValidationFailed("The safetensors metadata needs 'subject_ids' (a JSON list) and 'split'") from None
-    if not isinstance(sids, list):
+    if not isinstance(sids, list) or not all(isinstance(s, str) for s in sids):
         raise ValidationFailed("metadata subject_ids must be a JSON list of strings")
     try:
         splits = json.loads(split_meta) if split_meta.startswith("[") else split_meta
     except json.JSONDecodeError:
         raise ValidationFailed("metadata split must be a string or a JSON list") from None
-    return validate(tensors["x"], tensors["labels"], [str(s) for s in sids], _splits(splits, len(sids)), input_shape, num_classes)
+    if isinstance(splits, list) and not all(isinstance(v, str) for v in splits):
+        raise ValidationFailed("metadata split must be a string or a JSON list of strings")
+    return validate(tensors["x"], tensors["labels"], sids, _splits(splits, len(sids)), input_shape, num_classes)
