@@ -153,10 +153,18 @@ def pull(
         m = p.manifest
         typer.echo(f"{m['model']} v{m['number']} sha256={m['sha256']} -> {p.path}")
 
-    if watch:
-        client.watch(model, to, show, ref=ref)
-    else:
-        show(client.pull(model, to, ref=ref))
+    try:
+        if watch:
+            client.watch(model, to, show, ref=ref)
+        else:
+            show(client.pull(model, to, ref=ref))
+    except (client_mod.PullError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # pragma: no cover - --watch until Ctrl-C
+        pass
+    finally:
+        client.close()
 
 
 @app.command()
