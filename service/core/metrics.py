@@ -57,6 +57,12 @@ class DatabaseCollector:
                     acc.add_metric([name], float(v.metrics["eval_accuracy"]))
             yield bound
             yield acc
+            per_model = GaugeMetricFamily("lethe_versions", "Model versions per model and state", labels=["model", "state"])
+            for mid, state, n in session.execute(
+                select(ModelVersion.model_id, ModelVersion.state, func.count()).group_by(ModelVersion.model_id, ModelVersion.state)
+            ):
+                per_model.add_metric([names.get(mid, str(mid)), state], n)
+            yield per_model
             jobs = GaugeMetricFamily("lethe_jobs", "Jobs by status", labels=["status"])
             for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
                 jobs.add_metric([status], n)
