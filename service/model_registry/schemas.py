@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -10,10 +11,26 @@ _ARCH = re.compile(r"^(mlp|cnn|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*)$")
 _LIN = re.compile(r"^(all|last:[1-9]\d*)$")
 
 
+def _json_safe(value: Any, path: str = "") -> None:
+    """Refuse what PostgreSQL's JSONB cannot hold (NaN, ±Infinity, NUL characters), so a bad
+    value is a 422 naming it instead of a failed INSERT."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}: {value} is not a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{path or 'value'}: strings cannot contain NUL characters")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_safe(k, f"{path}.{k}" if path else "key")
+            _json_safe(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_safe(v, f"{path}[{i}]")
+
+
 class ForgettingSettings(BaseModel):
     """The forgetting settings of a model (the ``mixed_linear`` method's keys)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     l2: float = Field(1e-3, gt=0, description="μ")
     target_scale: float = Field(1.0, gt=0, description="κ")
@@ -32,7 +49,7 @@ class ForgettingSettings(BaseModel):
 
 
 class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     architecture: str = Field(description="mlp, cnn, or package.module:function")
@@ -53,6 +70,12 @@ class ModelCreate(BaseModel):
     def _arch(cls, v: str) -> str:
         if not _ARCH.match(v):
             raise ValueError("must be 'mlp', 'cnn' or an import path 'package.module:function'")
+        return v
+
+    @field_validator("architecture_config")
+    @classmethod
+    def _arch_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _json_safe(v)
         return v
 
     @field_validator("linearize")

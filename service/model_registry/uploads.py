@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,8 @@ def _text(value) -> str:
 
 
 def _splits(value, n: int) -> list[str]:
+    if isinstance(value, list) and not value:
+        return []
     arr = np.asarray(value)
     if arr.dtype.kind not in "US":
         raise ValidationFailed(f"split must be a string or an array of strings, got {arr.dtype}")
@@ -89,26 +92,70 @@ def parse_json_rows(rows: list, input_shape: list[int], num_classes: int) -> Par
     if x.dtype.kind not in "iuf":
         raise InvalidTensor(f"x must be nested lists of numbers with the model's input shape {list(input_shape)}")
     x = x.astype(np.float64, copy=False)
+    for i, r in enumerate(rows):  # before the int64 cast: a huge label must be a 422, not an overflow
+        if not 0 <= r.label < num_classes:
+            raise InvalidTensor(f"label {r.label} at row {i} is outside [0, {num_classes})", row=i)
     labels = np.asarray([r.label for r in rows], dtype=np.int64)
     return validate(x, labels, [r.subject_id for r in rows], [r.split for r in rows], input_shape, num_classes)
 
 
+_NPZ_ARRAYS = ("x", "labels", "subject_ids", "split")
+
+
+def _npz_headers(body: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member, read from the headers only (no decompression
+    of the data), so a compressed archive that would expand to gigabytes is refused up front."""
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+            out[info.filename[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    return out
+
+
 def parse_npz(body: bytes, input_shape: list[int], num_classes: int) -> ParsedUpload:
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        headers = _npz_headers(body)
     except Exception as exc:  # noqa: BLE001 - any unreadable archive is a client error
         raise BadRequest(f"Body is not a readable .npz archive ({type(exc).__name__})") from None
-    missing = {"x", "labels", "subject_ids", "split"} - set(arrays)
+    missing = set(_NPZ_ARRAYS) - set(headers)
     if missing:
         raise ValidationFailed(f"The .npz archive lacks arrays: {sorted(missing)}")
+    for name in _NPZ_ARRAYS:
+        shape, dtype = headers[name]
+        rows = shape[0] if shape else 1
+        if rows > MAX_ROWS:
+            raise ValidationFailed(f"At most {MAX_ROWS} samples per upload, got {rows} in '{name}'")
+        if dtype.hasobject:
+            raise InvalidTensor(f"'{name}' holds Python objects; only numeric and string arrays are accepted")
+        if dtype.kind in "US" and dtype.itemsize > 4 * 1024:
+            raise InvalidTensor(f"'{name}' holds strings longer than 1024 characters")
+    x_shape = headers["x"][0]
+    if tuple(x_shape[1:]) != tuple(input_shape):
+        raise InvalidTensor(f"x has sample shape {list(x_shape[1:])}, the model expects {list(input_shape)}", expected=list(input_shape))
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in _NPZ_ARRAYS}
+    except Exception as exc:  # noqa: BLE001
+        raise BadRequest(f"Body is not a readable .npz archive ({type(exc).__name__})") from None
     sids = arrays["subject_ids"]
     if sids.dtype.kind not in "US":
         raise InvalidTensor(f"subject_ids must be a string array, got {sids.dtype}")
     if sids.ndim != 1:
         raise InvalidTensor(f"subject_ids must be a 1-d array, got shape {list(sids.shape)}")
     sid_list = [_text(s) for s in sids.tolist()]
-    return validate(arrays["x"], arrays["labels"].reshape(-1) if arrays["labels"].ndim else arrays["labels"], sid_list, _splits(arrays["split"], len(sid_list)), input_shape, num_classes)
+    labels = arrays["labels"]
+    return validate(arrays["x"], labels.reshape(-1) if labels.ndim else labels, sid_list,
+                    _splits(arrays["split"], len(sid_list)), input_shape, num_classes)
 
 
 def parse_safetensors(body: bytes, input_shape: list[int], num_classes: int) -> ParsedUpload:
