@@ -76,6 +76,21 @@ async def ingest_samples(
     consent_renewed_at: datetime | None = None,
     who: Principal = Depends(require(Role.operator)),
 ) -> IngestResult:
+    """Ingest samples (operator). The body format follows ``Content-Type`` (else ``415``):
+
+    * ``application/json``: ``{"samples": [{"subject_id", "split", "label", "x"}], "consent_renewed_at"?}``;
+    * ``application/x-npz``: arrays ``x`` (n, *input_shape) float, ``labels`` (n,) int,
+      ``subject_ids`` (n,) str, ``split`` (n,) str or one string for all rows;
+    * ``application/vnd.safetensors`` (or ``application/octet-stream`` with ``?format=safetensors``):
+      tensors ``x`` and ``labels``, metadata ``subject_ids`` (JSON list) and ``split`` (string or JSON list).
+
+    Everything is validated before anything is written (``422`` naming the first bad row).
+    ``409 subject-deleted``: a subject was deleted from this model and the upload does not carry a
+    ``consent_renewed_at`` later than the deletion. ``409 subject-deletion-pending``: a subject has
+    an open deletion request covering this model (received, awaiting approval, queued or
+    processing); upload after it is completed (with renewed consent) or cancelled. The inputs go
+    into one chunk file (safetensors, tensor ``x`` float32), the rows into ``samples``.
+    """
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     body = await request.body()
     settings = request.app.state.settings

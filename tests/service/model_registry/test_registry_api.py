@@ -144,17 +144,23 @@ def test_bad_binary_uploads_write_nothing(client, db):
     assert _counts(db) == (0, 0)
 
 
-def test_oversized_upload_is_413(settings, db):
+def test_oversized_upload_is_413_and_writes_nothing(client, settings, db):
     from fastapi.testclient import TestClient
 
     from service.main import create_app
 
+    _register(client)
     small = settings.model_copy(update={"api": settings.api.model_copy(update={"max_body_bytes": 1000})})
     app = create_app(small)
+    rows = _rows(40)
     with TestClient(app) as c:
         app.state.session_factory = db.info["factory"]
-        r = c.post("/v1/models/x/samples", content=b"0" * 5000, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "limit" in r.json()["detail"]
+        r = c.post("/v1/models/digits/samples", json={"samples": rows}, headers=client.auth("operator"))
+        assert r.status_code == 413 and "1000 bytes" in r.json()["detail"]
+        assert r.headers["content-type"].startswith("application/problem+json")
+        ok = c.post("/v1/models/digits/samples", json={"samples": rows[:2]}, headers=client.auth("operator"))
+        assert ok.status_code == 201, ok.text
+    assert _counts(db) == (2, 1)
 
 
 def test_tombstone_and_open_request_guards(client, db):
