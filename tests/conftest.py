@@ -27,7 +27,8 @@ from service.main import create_app
 from service.models import Base, Role
 
 PG_ADMIN = os.environ.get("LETHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_DB = os.environ.get("LETHE_TEST_DB", "lethe_test")
+# One database per test run, so concurrent runs on one machine never drop each other's tables.
+TEST_DB = os.environ.get("LETHE_TEST_DB", f"lethe_test_{os.getpid()}")
 TEST_DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
 TEST_REDIS_URL = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
@@ -43,10 +44,12 @@ def _recreate_database(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     _recreate_database(TEST_DB)
     migrate.upgrade(TEST_DB_URL)
-    return TEST_DB_URL
+    yield TEST_DB_URL
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
