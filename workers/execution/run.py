@@ -23,7 +23,7 @@ from service.audit.service import append_event
 from service.job import service as job_service
 from service.models import DeletionRequest, Job, JobKind, JobStatus, JobStep, Model, ModelVersion, Sample, Split
 from service.models._types import utcnow
-from workers.execution.data import read_samples
+from service.model_registry.samples import read_samples
 from workers.runtime import Runtime
 from workers.unlearning import (
     MixedLinearModel,
@@ -167,10 +167,10 @@ def _collect(rt: Runtime, job: Job, model: Model) -> dict:
 
 def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, Any]:
     with rt.session_factory() as session:
-        core = read_samples(session, rt.store, model.id, model.input_shape, splits=[Split.core.value], exclude_subject_keys=exclude)
-        user = read_samples(session, rt.store, model.id, model.input_shape, splits=[Split.user.value], exclude_subject_keys=exclude)
-        ev = read_samples(session, rt.store, model.id, model.input_shape, splits=[Split.eval.value], exclude_subject_keys=exclude)
-        forget = read_samples(session, rt.store, model.id, model.input_shape, splits=[Split.user.value], only_subject_keys=exclude) if exclude else None
+        core = read_samples(session, rt.store, model.id, splits=[Split.core.value], exclude_subject_keys=exclude)
+        user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
+        ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
+        forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude) if exclude else None
     cs = cfg.chunk_size
     return {
         "core": TensorSource(core.x, core.y, cs),
