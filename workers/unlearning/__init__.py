@@ -22,7 +22,7 @@ from workers.unlearning.gates import GateResult, check_gates
 from workers.unlearning.linearized import MixedLinearModel, resolve_device
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
 from workers.unlearning.networks import build_network
-from workers.unlearning.objective import Objective, SolveResult
+from workers.unlearning.objective import GramState, Objective, SolveResult, gram_state
 from workers.unlearning.registry import get_method, list_methods, register
 from workers.unlearning.serialization import load_model, load_model_from_bytes, save_weights, to_bytes
 
@@ -30,6 +30,7 @@ __all__ = [
     "Bound",
     "ConfigError",
     "GateResult",
+    "GramState",
     "InvalidDataError",
     "MixedLinearConfig",
     "MixedLinearModel",
@@ -44,6 +45,7 @@ __all__ = [
     "evaluate",
     "exact_bound",
     "get_method",
+    "gram_state",
     "information_bound",
     "list_methods",
     "load_model",

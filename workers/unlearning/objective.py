@@ -40,6 +40,50 @@ class SolveResult:
         return asdict(self)
 
 
+@dataclass
+class GramState:
+    """Sufficient statistics of L_D for an affine head: G = Σ aaᵀ, B = Σ r0 aᵀ, c0 = Σ‖r0‖², n
+    (a = [φ(x), 1], r0 = f(x; w_c) − t). Sums, so sets add and subtract exactly."""
+
+    G: torch.Tensor
+    B: torch.Tensor
+    c0: float
+    n: int
+
+    def __sub__(self, other: "GramState") -> "GramState":
+        return GramState(self.G - other.G, self.B - other.B, self.c0 - other.c0, self.n - other.n)
+
+    def __add__(self, other: "GramState") -> "GramState":
+        return GramState(self.G + other.G, self.B + other.B, self.c0 + other.c0, self.n + other.n)
+
+
+def gram_sums(model: MixedLinearModel, chunks, lin=None) -> GramState:
+    """One streamed pass: the Gram sums of (features, labels) chunks."""
+    m = model
+    lin = lin or _linear_head(m)
+    if lin is None:
+        raise InvalidDataError("Gram sums need an affine head (linearize='last:1' on a network ending in nn.Linear)")
+    h = lin.in_features
+    G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
+    B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
+    c0, n = 0.0, 0
+    for feats, y in chunks:
+        a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
+        with torch.no_grad():
+            f0 = m.head(feats).to(torch.float64)
+        r0 = f0 - m.targets(y, f0.shape[1]).to(torch.float64)
+        G += a.T @ a
+        B += r0.T @ a
+        c0 += float((r0**2).sum())
+        n += feats.shape[0]
+    return GramState(G, B, c0, n)
+
+
+def gram_state(model: MixedLinearModel, source: TensorSource) -> GramState:
+    """Gram sums of a data source (features through the frozen prefix, chunk by chunk)."""
+    return gram_sums(model, ((model.features(x), y) for x, y in source))
+
+
 def _linear_head(model: MixedLinearModel):
     """The head's single ``nn.Linear`` when the head is exactly one affine layer, else None."""
     from torch import nn
@@ -81,23 +125,38 @@ class Objective:
             self._build_gram(lin)
 
     def _build_gram(self, lin) -> None:
+        self._set_gram(gram_sums(self.model, self.chunks(), lin))
+
+    def _set_gram(self, g: "GramState") -> None:
         m = self.model
-        h = lin.in_features
-        G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
-        B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
-        c0 = 0.0
-        for feats, y in self.chunks():
-            a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
-            with torch.no_grad():
-                f0 = m.head(feats).to(torch.float64)
-            r0 = f0 - m.targets(y, f0.shape[1]).to(torch.float64)
-            G += a.T @ a
-            B += r0.T @ a
-            c0 += float((r0**2).sum())
-        self._gram = (G / self.n, B / self.n, [n for n, p in m.head.named_parameters() if p is lin.weight][0],
-                      [n for n, p in m.head.named_parameters() if p is lin.bias][0] if lin.bias is not None else None)
+        lin = _linear_head(m)
+        names = dict((id(p), n) for n, p in m.head.named_parameters())
+        self.n = g.n
+        self._gram = (g.G / g.n, g.B / g.n, names[id(lin.weight)], names[id(lin.bias)] if lin.bias is not None else None)
         self._cache = None  # the Gram replaces the cached features
-        self._c0 = c0 / self.n
+        self._c0 = g.c0 / g.n
+
+    @classmethod
+    def from_gram(cls, model: MixedLinearModel, state: "GramState", mu: float) -> "Objective":
+        """The objective of a data set known only through its Gram sums (e.g. a cached D_u
+        minus the forgotten samples): exact, and no pass over the retained data."""
+        if state.n <= 0:
+            raise InvalidDataError("the data set is empty: nothing to fit or retain")
+        if _linear_head(model) is None:
+            raise InvalidDataError("Gram sums need an affine head (linearize='last:1' on a network ending in nn.Linear)")
+        obj = cls.__new__(cls)
+        obj.model, obj.source, obj.mu = model, None, float(mu)
+        obj.cache_features, obj._cache, obj._num_out = False, None, None
+        obj._set_gram(state)
+        return obj
+
+    def _direct(self, g: torch.Tensor) -> torch.Tensor:
+        """H d = g for an affine head: H acts as (G + μI) on every output's row, so one Cholesky
+        factorisation of the (h+1)×(h+1) matrix solves all of them exactly (no CG needed)."""
+        G = self._gram[0]
+        L = torch.linalg.cholesky(G + self.mu * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+        D = torch.cholesky_solve(self._to_aug(g).T, L).T
+        return self._from_aug(D)
 
     def _to_aug(self, vec: torch.Tensor) -> torch.Tensor:
         wn, bn, = self._gram[2], self._gram[3]
@@ -200,7 +259,10 @@ class Objective:
         iters = 0
         steps = 0
         while gn > tol and steps < max_newton_steps and iters < max_iter:
-            d, it, _ = self.cg(g, 0.5 * tol, max_iter - iters, progress, iters)
+            if self._gram is not None:
+                d, it = self._direct(g), 1  # one exact (Cholesky) solve counts as one iteration
+            else:
+                d, it, _ = self.cg(g, 0.5 * tol, max_iter - iters, progress, iters)
             iters += it
             steps += 1
             w = m.unflatten(m.flatten(w) - d)

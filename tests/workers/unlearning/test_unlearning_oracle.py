@@ -218,3 +218,16 @@ def test_gram_fast_path_equals_the_generic_jvp_vjp_path():
     assert rel(gg, gn) <= 1e-12 and abs(lg - ln) <= 1e-10 * abs(ln)
     # and the independent loss agrees too
     assert abs(lg - float(oracle.loss(model.flatten(w)))) <= 1e-10 * abs(lg)
+
+
+def test_forget_by_downdating_cached_gram_matches_dense_retrain():
+    from workers.unlearning import gram_state
+
+    model, method, cfg, x, y, subj, oracle = tiny_problem(linearize="last:1", n=40, subjects=10)
+    method.fit(model, TensorSource(x, y), cfg)
+    fitted = gram_state(model, TensorSource(x, y, chunk_size=7))
+    gone = torch.isin(subj, torch.tensor([1, 6])).nonzero().reshape(-1)
+    keep = torch.tensor([i for i in range(len(y)) if i not in set(gone.tolist())])
+    res, retained = method.forget_downdate(model, fitted, TensorSource(x[gone], y[gone]), cfg)
+    assert res.converged and retained.n == len(keep)
+    assert rel(model.flatten(model.user), oracle.solve(keep)) <= 1e-6

@@ -14,7 +14,7 @@ from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import InvalidDataError
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
-from workers.unlearning.objective import Objective, Progress, SolveResult
+from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_state
 
 
 def _num_outputs(model: MixedLinearModel, source: TensorSource) -> int:
@@ -86,6 +86,22 @@ class MixedLinear:
     def forget(self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
         """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic)."""
         return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+
+    def forget_downdate(
+        self, model: MixedLinearModel, fitted: GramState, removed: TensorSource, cfg: MixedLinearConfig, progress: Progress = None
+    ) -> tuple[SolveResult, GramState]:
+        """The same Newton step, for an affine head whose training-set Gram sums were kept: the
+        retained set's statistics are ``fitted − removed``, so the cost grows with the forgotten
+        samples, not with N. Returns the result and the retained set's Gram sums (for the next
+        release)."""
+        if len(removed):
+            removed.validate(_num_outputs(model, removed))
+        retained = fitted - gram_state(model, removed) if len(removed) else fitted
+        obj = Objective.from_gram(model, retained, cfg.l2)
+        w, res = obj.minimise({k: v.clone() for k, v in model.user.items()}, tol=cfg.tol, max_iter=cfg.max_iter,
+                              max_newton_steps=cfg.max_newton_steps, progress=progress)
+        model.user = w
+        return res, retained
 
     def zero(self, model: MixedLinearModel) -> SolveResult:
         model.zero_user()
