@@ -123,6 +123,14 @@ def truncate_all(engine: Engine) -> None:
 
 
 @pytest.fixture
+def clean_tables(engine: Engine) -> Iterator[Engine]:
+    """For tests whose code commits for real: every table emptied before and after."""
+    truncate_all(engine)
+    yield engine
+    truncate_all(engine)
+
+
+@pytest.fixture
 def committed_app(engine: Engine, settings: Settings) -> Iterator[ApiClient]:
     """The app on the real engine: real commits and concurrency. Tables truncated afterwards."""
     truncate_all(engine)

@@ -6,20 +6,13 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import procs
 from service.core.security import create_token
-from service.models import Base, Role
+from service.models import Role
 
 pytestmark = pytest.mark.integration
-
-
-def _truncate(engine) -> None:
-    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
 @dataclass
@@ -51,8 +44,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(engine, database_url, tmp_path):
-    _truncate(engine)
+def stack(clean_tables, database_url, tmp_path):
+    engine = clean_tables
     procs.flush_redis()
     env = procs.env_for(database_url, tmp_path / "artifacts")
     port = procs.free_port()
@@ -69,7 +62,6 @@ def stack(engine, database_url, tmp_path):
         for p in [st.api, st.beat, *st.workers]:
             if p is not None:
                 p.kill()
-        _truncate(engine)
         procs.flush_redis()
 
 
