@@ -1,48 +1,64 @@
-"""Jobs API and the model actions that start a job now (train, forget-now, zero)."""
+"""Jobs API and the model actions that start a job now (train, forget-now, zero).
+
+Starting a job writes the job row and its outbox message in the request's transaction and
+answers ``202`` with the job (``Location: /v1/jobs/{id}``); the relay sends the task after the
+commit. A model has at most one active job: a second start is ``409 active-job-exists`` whose
+body names the active job (``job_id``, ``job_status``) and whose ``Location`` points at it,
+rather than silently returning it, so the caller knows its own request did not start anything.
+"""
 
 from __future__ import annotations
 
 import uuid
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.db import get_session
 from service.core.pagination import decode_cursor, encode_cursor
 from service.core.security import Principal, require
+from service.job import repository as repo
 from service.job import service
 from service.job.schemas import JobPage, JobRead, ZeroCreate
-from service.models import Job, JobKind, JobStatus, Model, ModelVersion, Role
+from service.models import Job, JobKind, JobStatus, Role
 
 router = APIRouter(tags=["jobs"])
+CONFLICT = {409: {"description": "The model already has an active job (named in the body), or nothing to do"}}
+NOT_FOUND = {404: {"description": "Unknown model or job"}}
 CURSOR_SCOPE = "jobs"
 
 
-def _version_number(session: Session, version_id: int | None) -> int | None:
-    return None if version_id is None else session.execute(select(ModelVersion.number).where(ModelVersion.id == version_id)).scalar()
+def to_reads(session: Session, jobs: list[Job]) -> list[JobRead]:
+    """Read models for a page of jobs: one query for model names, one for version numbers."""
+    names = repo.model_names(session, (j.model_id for j in jobs))
+    numbers = repo.version_numbers(session, [v for j in jobs for v in (j.parent_version_id, j.result_version_id)])
+    return [
+        JobRead(
+            id=job.id,
+            model=names[job.model_id],
+            kind=job.kind,
+            status=job.status,
+            step=job.step,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            progress=job.progress or {},
+            metrics=job.metrics or {},
+            error=job.error,
+            requests=len((job.config or {}).get("request_ids", [])),
+            reason=(job.config or {}).get("reason"),
+            parent_version=numbers.get(job.parent_version_id) if job.parent_version_id else None,
+            result_version=numbers.get(job.result_version_id) if job.result_version_id else None,
+            heartbeat_at=job.heartbeat_at,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+        for job in jobs
+    ]
 
 
 def to_read(session: Session, job: Job) -> JobRead:
-    return JobRead(
-        id=job.id,
-        model=session.execute(select(Model.name).where(Model.id == job.model_id)).scalar_one(),
-        kind=job.kind,
-        status=job.status,
-        step=job.step,
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        progress=job.progress or {},
-        metrics=job.metrics or {},
-        error=job.error,
-        requests=len((job.config or {}).get("request_ids", [])),
-        parent_version=_version_number(session, job.parent_version_id),
-        result_version=_version_number(session, job.result_version_id),
-        heartbeat_at=job.heartbeat_at,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    return to_reads(session, [job])[0]
 
 
 @router.get("/v1/jobs", response_model=JobPage)
@@ -66,7 +82,7 @@ def list_jobs(
     if len(rows) > limit:
         rows = rows[:limit]
         nxt = encode_cursor(rows[-1].created_at, rows[-1].id, secret=secret, scope=CURSOR_SCOPE)
-    return JobPage(items=[to_read(session, j) for j in rows], next_cursor=nxt)
+    return JobPage(items=to_reads(session, rows), next_cursor=nxt)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobRead)
@@ -78,7 +94,7 @@ def get_job(
     return to_read(session, service.get_job(session, job_id))
 
 
-@router.post("/v1/jobs/{job_id}/retry", response_model=JobRead, status_code=202)
+@router.post("/v1/jobs/{job_id}/retry", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})
 def retry_job(
     job_id: uuid.UUID,
     request: Request,
@@ -93,7 +109,7 @@ def _started(session: Session, job: Job, response: Response) -> JobRead:
     return to_read(session, job)
 
 
-@router.post("/v1/models/{name}/train", response_model=JobRead, status_code=202)
+@router.post("/v1/models/{name}/train", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})
 def train(
     name: str,
     request: Request,
@@ -106,7 +122,7 @@ def train(
     return _started(session, job, response)
 
 
-@router.post("/v1/models/{name}/forget-now", response_model=JobRead, status_code=202)
+@router.post("/v1/models/{name}/forget-now", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})
 def forget_now(
     name: str,
     request: Request,
@@ -118,7 +134,7 @@ def forget_now(
     return _started(session, service.forget_now(session, request.app.state.settings, model, who.actor), response)
 
 
-@router.post("/v1/models/{name}/zero", response_model=JobRead, status_code=202)
+@router.post("/v1/models/{name}/zero", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})
 def zero(
     name: str,
     request: Request,

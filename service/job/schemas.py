@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobRead(BaseModel):
@@ -21,6 +21,7 @@ class JobRead(BaseModel):
     metrics: dict[str, Any]
     error: str | None
     requests: int
+    reason: str | None = None
     parent_version: int | None
     result_version: int | None
     heartbeat_at: datetime | None
@@ -35,7 +36,9 @@ class JobPage(BaseModel):
 
 
 class ZeroCreate(BaseModel):
+    """Body of ``POST /v1/models/{name}/zero`` (optional)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    retrain: bool = True
-    reason: str | None = None
+    retrain: bool = Field(True, description="afterwards refit the user weights on the remaining users (a retrain job)")
+    reason: str | None = Field(None, max_length=1000)

@@ -4,31 +4,38 @@ No torch here; the worker side (``workers.execution``) runs the steps and calls 
 these functions for every state change. Every function takes the caller's Session and never
 commits.
 
-Batching (``schedule``): per model, a ``forget`` job opens when the oldest ``queued`` request
-is older than ``batch_window_s``, or ``batch_size`` requests are queued, or on "run now". One
-active job per model: ``jobs.active_key`` (= model id while queued/running) is unique.
+Batching (:func:`schedule`): per model, a job opens when the oldest ``queued`` request is older
+than ``batch_window_s``, or ``batch_size`` requests are queued, or on "run now"
+(:func:`forget_now`). One active job per model: ``jobs.active_key`` (= model id while queued or
+running, NULL afterwards) has a unique index, so two schedulers racing cannot both open one.
+The batch's requests move to ``processing`` with ``job_id``. A batch in which any subject has
+``core`` samples becomes a ``retrain`` job (Newton forgetting only removes user data); the
+job's ``config.reason`` and its audit events say so.
 
-Requests for every model (``model_id`` NULL) are resolved at scheduling time: such a request
-joins the batch of each model that holds samples of the subject, one model at a time; after a
-model publishes, it goes back to ``queued`` until no model holds the subject, and only then
-completes (its ``held_versions`` lists every model's versions). A subject no model holds
-completes at once with ``samples_removed = 0``.
+Requests for every model (``model_id`` NULL) are resolved at scheduling time, not at intake:
+such a request joins the batch of one model that holds samples of the subject at that moment
+(one without an active job first). After that model publishes, the request goes back to
+``queued`` (it keeps its ``held_versions`` and ``samples_removed``) until no model holds the
+subject, and only then completes; a model that gets the subject's samples later is covered by
+the re-ingestion guard (an open request refuses the upload; a tombstone once completed). A
+subject no model holds completes at once with ``samples_removed = 0``.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.errors import Conflict, NotFound
+from service.core.errors import Conflict, IllegalTransition, NotFound
 from service.core.jobs import QUEUE_GPU, enqueue
+from service.job import repository as repo
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
@@ -38,14 +45,14 @@ from service.models import (
     JobStatus,
     Model,
     RequestStatus,
-    Sample,
-    Split,
 )
 from service.models._types import utcnow
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
 SYSTEM = "system:scheduler"
+WORKER = "system:worker"
+RETRAIN_REASON = "subjects have core samples: Newton forgetting cannot remove them, so the core network and user weights are retrained without them"
 
 
 class JobNotFound(NotFound):
@@ -60,14 +67,32 @@ class NothingToForget(Conflict):
     type, title = "nothing-to-forget", "No queued deletion requests for this model"
 
 
-def _aware(at: datetime) -> datetime:
-    from datetime import UTC
+class NothingToRetry(Conflict):
+    type, title = "nothing-to-retry", "The job's requests were completed or taken by another job"
 
+
+def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def active_job(session: Session, model_id: int) -> Job | None:
-    return session.execute(select(Job).where(Job.active_key == model_id)).scalar_one_or_none()
+    return repo.active_job(session, model_id)
+
+
+def _active_conflict(model: Model, existing: Job | None) -> ActiveJobExists:
+    if existing is None:
+        return ActiveJobExists(f"Model '{model.name}' already has an active job")
+    return ActiveJobExists(
+        f"Model '{model.name}' already has an active {existing.kind} job {existing.id} ({existing.status})",
+        job_id=str(existing.id),
+        job_status=existing.status,
+        headers={"Location": f"/v1/jobs/{existing.id}"},
+    )
+
+
+def enqueue_run(session: Session, job: Job) -> None:
+    """Outbox message for the job's task (task id = job id, argument = job id)."""
+    enqueue(session, TASK_RUN_JOB, task_id=str(job.id), args=[str(job.id)], queue=QUEUE_GPU)
 
 
 def create_job(
@@ -80,12 +105,12 @@ def create_job(
     request_ids: list[uuid.UUID] | None = None,
     config: dict[str, Any] | None = None,
 ) -> Job:
-    """Insert a queued job and its outbox message. Raises :class:`ActiveJobExists`."""
-    existing = active_job(session, model.id)
+    """Insert a queued job and its outbox message; attach the requests (``processing``).
+
+    Raises :class:`ActiveJobExists` (409, naming the active job) when the model has one."""
+    existing = repo.active_job(session, model.id)
     if existing is not None:
-        raise ActiveJobExists(
-            f"Model '{model.name}' already has an active {existing.kind} job {existing.id}", job_id=str(existing.id)
-        )
+        raise _active_conflict(model, existing)
     job = Job(
         id=uuid.uuid4(),
         model_id=model.id,
@@ -105,102 +130,95 @@ def create_job(
             session.add(job)
             session.flush()
     except IntegrityError:
-        other = active_job(session, model.id)
-        raise ActiveJobExists(
-            f"Model '{model.name}' already has an active job", job_id=str(other.id) if other else None
-        ) from None
+        raise _active_conflict(model, repo.active_job(session, model.id)) from None
     if request_ids:
-        session.execute(
-            update(DeletionRequest)
-            .where(DeletionRequest.id.in_(request_ids))
-            .values(status=RequestStatus.processing.value, job_id=job.id, updated_at=utcnow())
-        )
-    enqueue(session, TASK_RUN_JOB, task_id=str(job.id), args=[str(job.id)], queue=QUEUE_GPU)
+        for part in repo._chunks(list(request_ids)):
+            session.execute(
+                update(DeletionRequest)
+                .where(DeletionRequest.id.in_(part))
+                .values(status=RequestStatus.processing.value, job_id=job.id, updated_at=utcnow())
+            )
+    enqueue_run(session, job)
     append_event(
         session,
         actor=actor,
         kind="job.created",
-        payload={"job_id": str(job.id), "model": model.name, "kind": kind.value, "requests": len(request_ids or []),
-                 **({"reason": config["reason"]} if config and "reason" in config else {})},
+        payload={
+            "job_id": str(job.id),
+            "model": model.name,
+            "kind": kind.value,
+            "requests": len(request_ids or []),
+            **({"reason": config["reason"]} if config and config.get("reason") else {}),
+        },
     )
     return job
 
 
-def _complete_without_samples(session: Session, req: DeletionRequest, now: datetime) -> None:
+def _complete_at_once(session: Session, req: DeletionRequest, now: datetime, note: str) -> None:
+    """A request with nothing (left) to remove: completed now, raw subject id cleared."""
     req.status = RequestStatus.completed.value
-    req.samples_removed = 0
+    req.samples_removed = req.samples_removed or 0
+    req.held_versions = req.held_versions or []
     req.completed_at = now
     req.subject_id = None
     req.open_key = None
-    req.held_versions = []
+    req.job_id = None if req.model_id is None else req.job_id
     append_event(
         session,
         actor=SYSTEM,
         kind="request.completed",
         subject_key=req.subject_key,
-        payload={"request_id": str(req.id), "samples_removed": 0, "note": "no samples held"},
+        payload={"request_id": str(req.id), "samples_removed": req.samples_removed, "note": note},
     )
 
 
-def _models_holding(session: Session, subject_key: str) -> list[int]:
-    return list(session.execute(select(Sample.model_id).where(Sample.subject_key == subject_key).distinct()).scalars())
-
-
 def schedule(session: Session, settings: Settings, *, now: datetime | None = None, force_model_id: int | None = None) -> list[Job]:
-    """Open the forget (or retrain) jobs the batching rules call for. Returns the new jobs."""
+    """Open the forget (or retrain) jobs the batching rules call for. Returns the new jobs.
+
+    ``force_model_id`` ("run now") opens that model's job regardless of window and batch size,
+    with every queued request it holds (not capped at ``batch_size``)."""
     now = now or utcnow()
-    queued = session.execute(
-        select(DeletionRequest)
-        .where(DeletionRequest.status == RequestStatus.queued.value)
-        .order_by(DeletionRequest.created_at)
-        .with_for_update(skip_locked=True)
-    ).scalars().all()
+    queued = repo.queued_requests_for_update(session)
+    if not queued:
+        return []
+    held = repo.holdings(session, {r.subject_key for r in queued})
+    busy = repo.active_model_ids(session)
     per_model: dict[int, list[DeletionRequest]] = {}
     for req in queued:
+        by_model = held.get(req.subject_key, {})
         if req.model_id is not None:
-            held = session.execute(
-                select(func.count()).select_from(Sample).where(Sample.model_id == req.model_id, Sample.subject_key == req.subject_key)
-            ).scalar_one()
-            if held == 0:
-                _complete_without_samples(session, req, now)
+            if req.model_id not in by_model:
+                _complete_at_once(session, req, now, "no samples held")
                 continue
-            per_model.setdefault(req.model_id, []).append(req)
+            target = req.model_id
         else:
-            holders = _models_holding(session, req.subject_key)
-            if not holders:
-                if req.held_versions:  # already removed from every model by earlier jobs
-                    req.status = RequestStatus.completed.value
-                    req.completed_at = now
-                    req.subject_id = None
-                    req.open_key = None
-                    append_event(session, actor=SYSTEM, kind="request.completed", subject_key=req.subject_key,
-                                 payload={"request_id": str(req.id), "samples_removed": req.samples_removed or 0})
-                else:
-                    _complete_without_samples(session, req, now)
+            if not by_model:
+                _complete_at_once(session, req, now, "removed from every model" if req.held_versions else "no samples held")
                 continue
-            per_model.setdefault(min(holders), []).append(req)
-    jobs = []
+            free = [m for m in sorted(by_model) if m not in busy]
+            target = free[0] if free else min(by_model)
+        per_model.setdefault(target, []).append(req)
+
+    jobs: list[Job] = []
+    if not per_model:
+        return jobs
+    models = {m.id: m for m in session.execute(select(Model).where(Model.id.in_(list(per_model)))).scalars()}
     for model_id, reqs in per_model.items():
-        model = session.get(Model, model_id)
-        if model is None or active_job(session, model_id) is not None:
+        model = models.get(model_id)
+        if model is None or model_id in busy:
             continue
+        forced = force_model_id == model_id
         oldest = min(_aware(r.created_at) for r in reqs)
-        due = (
-            force_model_id == model_id
-            or len(reqs) >= model.batch_size
-            or now - oldest >= timedelta(seconds=model.batch_window_s)
-        )
+        due = forced or len(reqs) >= model.batch_size or now - oldest >= timedelta(seconds=model.batch_window_s)
         if not due:
             continue
-        reqs = reqs[: max(model.batch_size, 1)] if force_model_id != model_id else reqs
-        keys = {r.subject_key for r in reqs}
-        core_holders = session.execute(
-            select(Sample.subject_key)
-            .where(Sample.model_id == model_id, Sample.split == Split.core.value, Sample.subject_key.in_(keys))
-            .distinct()
-        ).scalars().all()
-        kind = JobKind.retrain if core_holders else JobKind.forget
-        config = {"reason": "subjects have core samples: Newton forgetting cannot remove them"} if core_holders else {}
+        if not forced:
+            reqs = reqs[: max(model.batch_size, 1)]
+        core = sorted({r.subject_key for r in reqs if held[r.subject_key][model_id].core})
+        kind = JobKind.retrain if core else JobKind.forget
+        config: dict[str, Any] = {"trigger": "run-now" if forced else "batch"}
+        if core:
+            config.update(reason=RETRAIN_REASON, core_subjects=len(core))
         try:
             jobs.append(create_job(session, settings, model, kind, actor=SYSTEM, request_ids=[r.id for r in reqs], config=config))
         except ActiveJobExists:
@@ -209,89 +227,108 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
 
 
 def forget_now(session: Session, settings: Settings, model: Model, actor: str) -> Job:
-    """"Run now": a batch of every queued request for the model, regardless of the window."""
-    existing = active_job(session, model.id)
+    """"Run now": one batch of every queued request the model holds, regardless of the window.
+
+    409 :class:`ActiveJobExists` when the model already has a job (it names the job), 409
+    :class:`NothingToForget` when no queued request needs this model (requests whose subject
+    it does not hold complete at once, and that is committed)."""
+    existing = repo.active_job(session, model.id)
     if existing is not None:
-        raise ActiveJobExists(f"Model '{model.name}' already has an active {existing.kind} job {existing.id}", job_id=str(existing.id))
-    has_queued = session.execute(
-        select(func.count()).select_from(DeletionRequest).where(
-            DeletionRequest.status == RequestStatus.queued.value,
-            or_(DeletionRequest.model_id == model.id, DeletionRequest.model_id.is_(None)),
-        )
-    ).scalar_one()
-    if not has_queued:
+        raise _active_conflict(model, existing)
+    if not repo.count_queued_for_model(session, model.id):
         raise NothingToForget(f"Model '{model.name}' has no queued deletion requests")
-    jobs = schedule(session, settings, force_model_id=model.id)
-    for job in jobs:
+    for job in schedule(session, settings, force_model_id=model.id):
         if job.model_id == model.id:
             append_event(session, actor=actor, kind="job.run_now", payload={"job_id": str(job.id), "model": model.name})
             return job
-    raise NothingToForget(f"Model '{model.name}' has no queued deletion requests it holds samples for (they completed at once)")
+    raise NothingToForget(
+        f"Model '{model.name}' holds no samples of its queued requests' subjects (they completed at once)"
+    )
 
 
 def requeue_requests(session: Session, settings: Settings, job: Job, error: str) -> None:
-    """A failed job hands its requests back: queued again, or failed past their own attempts."""
-    reqs = session.execute(select(DeletionRequest).where(DeletionRequest.job_id == job.id, DeletionRequest.status == RequestStatus.processing.value)).scalars().all()
-    for req in reqs:
+    """A failed job hands its requests back: ``queued`` again, or ``failed`` once a request's
+    own attempts reach ``pipeline.request_max_attempts`` (then it is retryable by hand)."""
+    for req in repo.processing_requests(session, job.id):
         req.attempts = (req.attempts or 0) + 1
         req.job_id = None
         if req.attempts >= settings.pipeline.request_max_attempts:
             req.status = RequestStatus.failed.value
             req.error = f"job {job.id} failed: {error}"[:2000]
             req.open_key = None
-            append_event(session, actor="system:worker", kind="request.failed", subject_key=req.subject_key,
+            append_event(session, actor=WORKER, kind="request.failed", subject_key=req.subject_key,
                          payload={"request_id": str(req.id), "job_id": str(job.id), "attempts": req.attempts})
         else:
             req.status = RequestStatus.queued.value
 
 
 def fail_job(session: Session, settings: Settings, job: Job, error: str) -> None:
+    """End a job ``failed`` (visible, with its error) and hand its requests back."""
     job.status = JobStatus.failed.value
     job.active_key = None
     job.error = error[:4000]
     job.finished_at = utcnow()
+    job.progress = {**(job.progress or {}), "failed": True}
     requeue_requests(session, settings, job, error)
-    append_event(session, actor="system:worker", kind="job.failed",
+    append_event(session, actor=WORKER, kind="job.failed",
                  payload={"job_id": str(job.id), "kind": job.kind, "attempts": job.attempts, "error": error[:500]})
 
 
 def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: str) -> Job:
-    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-    if job is None:
-        raise JobNotFound(f"No job with id {job_id}")
-    if job.status != JobStatus.failed.value:
-        from service.core.errors import IllegalTransition
+    """failed → queued, from the first step (its checkpoint files may have been swept).
 
+    A forget/retrain job takes back those of its requests that are still ``queued`` (the others
+    completed or joined another job meanwhile); with none left it is 409 :class:`NothingToRetry`."""
+    job = repo.job_for_update(session, job_id)
+    if job is None:
+        raise JobNotFound(f"No job with id {job_id}", job_id=str(job_id))
+    if job.status != JobStatus.failed.value:
         raise IllegalTransition(f"Job {job_id} is {job.status}; only a failed job can be retried", current_status=job.status)
-    if active_job(session, job.model_id) is not None:
-        raise ActiveJobExists("The model already has an active job")
+    model = session.get(Model, job.model_id)
+    if repo.active_job(session, job.model_id) is not None:
+        raise _active_conflict(model, repo.active_job(session, job.model_id))
+    config = dict(job.config or {})
+    ids = [uuid.UUID(r) for r in config.get("request_ids", [])]
+    if ids:
+        reqs = repo.requests_by_ids(session, ids, status=RequestStatus.queued.value, for_update=True)
+        if not reqs:
+            raise NothingToRetry(
+                f"None of job {job_id}'s requests is still queued; the scheduler or run-now will batch new ones"
+            )
+        for r in reqs:
+            r.status = RequestStatus.processing.value
+            r.job_id = job.id
+        config["request_ids"] = [str(r.id) for r in reqs]
+    job.config = config
     job.status = JobStatus.queued.value
     job.active_key = job.model_id
     job.attempts = 0
     job.error = None
     job.finished_at = None
-    enqueue(session, TASK_RUN_JOB, task_id=str(job.id), args=[str(job.id)], queue=QUEUE_GPU)
-    append_event(session, actor=actor, kind="job.retried", payload={"job_id": str(job.id)})
+    job.heartbeat_at = None
+    job.step = None
+    job.checkpoint = {}
+    job.progress = {}
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise _active_conflict(model, None) from None
+    enqueue_run(session, job)
+    append_event(session, actor=actor, kind="job.retried", payload={"job_id": str(job.id), "requests": len(config.get("request_ids", []))})
     return job
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise JobNotFound(f"No job with id {job_id}")
+        raise JobNotFound(f"No job with id {job_id}", job_id=str(job_id))
     return job
 
 
 def list_jobs(session: Session, *, model_id: int | None = None, status: str | None = None, limit: int = 50,
               before: tuple[datetime, uuid.UUID] | None = None) -> list[Job]:
-    q = select(Job)
-    if model_id is not None:
-        q = q.where(Job.model_id == model_id)
-    if status is not None:
-        q = q.where(Job.status == status)
-    if before is not None:
-        q = q.where(or_(Job.created_at < before[0], and_(Job.created_at == before[0], Job.id < before[1])))
-    return list(session.execute(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).scalars())
+    return repo.list_jobs(session, model_id=model_id, status=status, limit=limit, before=before)
 
 
 def is_active(job: Job) -> bool:

@@ -1,6 +1,13 @@
-"""Purge after publish: rewrite sample chunks without deleted rows, delete revoked weights.
+"""Purge after publish: rewrite sample chunks without the deleted rows, delete revoked weights.
 
-Idempotent; the sweeper re-runs it until nothing is left to purge.
+Entry point :func:`purge_model(rt, model_id) <purge_model>` (task ``pipeline.purge``, sent through
+the outbox by the publish transaction; the sweeper re-sends it while :func:`needs_purge` says
+something is left). Idempotent and safe to run concurrently (chunk rows are locked one at a time).
+
+A chunk is rewritten in its own short transaction: the remaining rows' inputs go to a new
+content-addressed chunk file, the rows are re-pointed, the old chunk row is deleted. Files are
+deleted only after the commit that stops referencing them, and only when no other row references
+the same content-addressed file; a crash in between leaves an orphan that the sweeper deletes.
 """
 
 from __future__ import annotations
@@ -8,70 +15,83 @@ from __future__ import annotations
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 
 from service.models import ModelVersion, Sample, SampleChunk, VersionState
+from workers.execution.run import touch
 from workers.runtime import Runtime
 
 
-def _uri_in_use(session, uri: str) -> bool:
-    return bool(session.execute(select(func.count()).select_from(SampleChunk).where(SampleChunk.uri == uri)).scalar_one())
+def _referenced(session, uri: str) -> bool:
+    if session.execute(select(func.count()).select_from(SampleChunk).where(SampleChunk.uri == uri)).scalar_one():
+        return True
+    return bool(session.execute(
+        select(func.count()).select_from(ModelVersion).where((ModelVersion.artifact_uri == uri) | (ModelVersion.private_uri == uri))
+    ).scalar_one())
+
+
+def _delete_unreferenced(rt: Runtime, uris: list[str]) -> int:
+    removed = 0
+    with rt.session_factory() as session:
+        for uri in dict.fromkeys(uris):
+            if not _referenced(session, uri) and rt.store.delete(uri):
+                removed += 1
+    return removed
+
+
+def _gap_chunks(session, model_id: int) -> list[int]:
+    """Chunks with more rows in the file than samples pointing into it."""
+    live = select(func.count()).where(Sample.chunk_id == SampleChunk.id).scalar_subquery()
+    return list(session.execute(
+        select(SampleChunk.id).where(SampleChunk.model_id == model_id, SampleChunk.n_rows != live).order_by(SampleChunk.id)
+    ).scalars())
+
+
+def _revoked_with_files(session, model_id: int):
+    return select(ModelVersion).where(
+        ModelVersion.model_id == model_id,
+        ModelVersion.state == VersionState.revoked.value,
+        (ModelVersion.artifact_uri.is_not(None)) | (ModelVersion.private_uri.is_not(None)),
+    )
 
 
 def purge_model(rt: Runtime, model_id: int) -> dict:
-    rewritten = removed_files = 0
-    with rt.session_factory.begin() as session:
-        chunks = session.execute(select(SampleChunk).where(SampleChunk.model_id == model_id).with_for_update()).scalars().all()
-        for chunk in chunks:
+    rewritten = 0
+    stale: list[str] = []
+    with rt.session_factory() as session:
+        candidates = _gap_chunks(session, model_id)
+    for chunk_id in candidates:
+        with rt.session_factory.begin() as session:
+            chunk = session.execute(select(SampleChunk).where(SampleChunk.id == chunk_id).with_for_update(skip_locked=True)).scalar_one_or_none()
+            if chunk is None:
+                continue  # gone, or another purge is on it
             rows = session.execute(select(Sample.id, Sample.row).where(Sample.chunk_id == chunk.id).order_by(Sample.row)).all()
             if len(rows) == chunk.n_rows:
                 continue
-            old_uri = chunk.uri
             if rows:
-                x = st_load(rt.store.read_bytes(old_uri))["x"]
-                keep = np.array([r.row for r in rows])
+                x = st_load(rt.store.read_bytes(chunk.uri))["x"]
+                keep = np.array([r.row for r in rows], dtype=np.int64)
                 art = rt.store.put_bytes(st_save({"x": np.ascontiguousarray(x[keep])}), prefix=f"samples/{model_id}", suffix=".safetensors")
+                touch(rt, art.uri)
                 new = SampleChunk(model_id=model_id, uri=art.uri, sha256=art.sha256, n_rows=len(rows))
                 session.add(new)
                 session.flush()
-                for new_row, r in enumerate(rows):
-                    session.execute(update(Sample).where(Sample.id == r.id).values(chunk_id=new.id, row=new_row))
-            session.execute(delete(SampleChunk).where(SampleChunk.id == chunk.id))
-            session.flush()
-            if not _uri_in_use(session, old_uri) and rt.store.delete(old_uri):
-                removed_files += 1
+                session.execute(
+                    update(Sample),
+                    [{"id": r.id, "chunk_id": new.id, "row": i} for i, r in enumerate(rows)],
+                )
+            stale.append(chunk.uri)
+            session.delete(chunk)
             rewritten += 1
-        revoked = session.execute(
-            select(ModelVersion).where(
-                ModelVersion.model_id == model_id,
-                ModelVersion.state == VersionState.revoked.value,
-                (ModelVersion.artifact_uri.is_not(None)) | (ModelVersion.private_uri.is_not(None)),
-            )
-        ).scalars().all()
-        live_uris = set(
-            session.execute(select(ModelVersion.artifact_uri).where(ModelVersion.state == VersionState.live.value)).scalars()
-        ) | set(session.execute(select(ModelVersion.private_uri).where(ModelVersion.state == VersionState.live.value)).scalars())
-        for v in revoked:
-            for uri in (v.artifact_uri, v.private_uri):
-                if uri and uri not in live_uris and rt.store.delete(uri):
-                    removed_files += 1
+    with rt.session_factory.begin() as session:
+        for v in session.execute(_revoked_with_files(session, model_id).with_for_update(skip_locked=True)).scalars():
+            stale += [u for u in (v.artifact_uri, v.private_uri) if u]
             v.artifact_uri = None
             v.private_uri = None
-    return {"chunks_rewritten": rewritten, "files_removed": removed_files}
+    return {"chunks_rewritten": rewritten, "files_removed": _delete_unreferenced(rt, stale)}
 
 
 def needs_purge(session, model_id: int) -> bool:
-    chunk_gap = session.execute(
-        select(func.count()).select_from(SampleChunk).where(
-            SampleChunk.model_id == model_id,
-            SampleChunk.n_rows != select(func.count()).where(Sample.chunk_id == SampleChunk.id).scalar_subquery(),
-        )
-    ).scalar_one()
-    revoked = session.execute(
-        select(func.count()).select_from(ModelVersion).where(
-            ModelVersion.model_id == model_id,
-            ModelVersion.state == VersionState.revoked.value,
-            (ModelVersion.artifact_uri.is_not(None)) | (ModelVersion.private_uri.is_not(None)),
-        )
-    ).scalar_one()
-    return bool(chunk_gap or revoked)
+    if _gap_chunks(session, model_id):
+        return True
+    return session.execute(_revoked_with_files(session, model_id).limit(1)).first() is not None

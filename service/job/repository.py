@@ -1,0 +1,152 @@
+"""Queries of the job domain: jobs, the queue of deletion requests the scheduler batches, and
+what each model holds of a set of subjects. No commits, no business rules."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from service.models import DeletionRequest, Job, Model, ModelVersion, RequestStatus, Sample, Split, VersionState
+
+# Bound parameters per IN (...) list: far below PostgreSQL's and SQLite's limits.
+IN_CHUNK = 1000
+
+
+def _chunks(values: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def active_job(session: Session, model_id: int, *, for_update: bool = False) -> Job | None:
+    q = select(Job).where(Job.active_key == model_id)
+    if for_update:
+        q = q.with_for_update()
+    return session.execute(q).scalar_one_or_none()
+
+
+def active_model_ids(session: Session) -> set[int]:
+    return set(session.execute(select(Job.active_key).where(Job.active_key.is_not(None))).scalars())
+
+
+def job_for_update(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    model_id: int | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Job]:
+    """Newest first; ``before`` is the keyset position (created_at, id) of the previous page's last row."""
+    q = select(Job)
+    if model_id is not None:
+        q = q.where(Job.model_id == model_id)
+    if status is not None:
+        q = q.where(Job.status == status)
+    if before is not None:
+        q = q.where(or_(Job.created_at < before[0], and_(Job.created_at == before[0], Job.id < before[1])))
+    return list(session.execute(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).scalars())
+
+
+def model_names(session: Session, model_ids: Iterable[int]) -> dict[int, str]:
+    ids = sorted(set(model_ids))
+    if not ids:
+        return {}
+    return dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(ids))).all())
+
+
+def version_numbers(session: Session, version_ids: Iterable[int | None]) -> dict[int, int]:
+    ids = sorted({v for v in version_ids if v is not None})
+    if not ids:
+        return {}
+    return dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(ids))).all())
+
+
+def queued_requests_for_update(session: Session) -> list[DeletionRequest]:
+    """Every ``queued`` request, oldest first, row-locked; rows another scheduler holds are skipped."""
+    return list(
+        session.execute(
+            select(DeletionRequest)
+            .where(DeletionRequest.status == RequestStatus.queued.value)
+            .order_by(DeletionRequest.created_at, DeletionRequest.id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What one model holds of one subject."""
+
+    samples: int
+    core: int
+    user: int
+
+
+def holdings(session: Session, subject_keys: Iterable[str]) -> dict[str, dict[int, Holding]]:
+    """subject key -> model id -> sample counts, in one grouped query per 1,000 keys."""
+    keys = sorted(set(subject_keys))
+    out: dict[str, dict[int, Holding]] = {}
+    for part in _chunks(keys):
+        rows = session.execute(
+            select(
+                Sample.subject_key,
+                Sample.model_id,
+                func.count(),
+                func.count().filter(Sample.split == Split.core.value),
+                func.count().filter(Sample.split == Split.user.value),
+            )
+            .where(Sample.subject_key.in_(part))
+            .group_by(Sample.subject_key, Sample.model_id)
+        ).all()
+        for key, model_id, n, core, user in rows:
+            out.setdefault(key, {})[model_id] = Holding(int(n), int(core), int(user))
+    return out
+
+
+def requests_by_ids(session: Session, ids: Iterable[uuid.UUID], *, status: str | None = None, for_update: bool = False) -> list[DeletionRequest]:
+    ids = list(ids)
+    if not ids:
+        return []
+    q = select(DeletionRequest).where(DeletionRequest.id.in_(ids))
+    if status is not None:
+        q = q.where(DeletionRequest.status == status)
+    if for_update:
+        q = q.with_for_update()
+    return list(session.execute(q.order_by(DeletionRequest.created_at)).scalars())
+
+
+def processing_requests(session: Session, job_id: uuid.UUID) -> list[DeletionRequest]:
+    return list(
+        session.execute(
+            select(DeletionRequest)
+            .where(DeletionRequest.job_id == job_id, DeletionRequest.status == RequestStatus.processing.value)
+            .with_for_update()
+        ).scalars()
+    )
+
+
+def count_queued_for_model(session: Session, model_id: int) -> int:
+    return session.execute(
+        select(func.count()).select_from(DeletionRequest).where(
+            DeletionRequest.status == RequestStatus.queued.value,
+            or_(DeletionRequest.model_id == model_id, DeletionRequest.model_id.is_(None)),
+        )
+    ).scalar_one()
+
+
+def newest_live_version(session: Session, model_id: int) -> ModelVersion | None:
+    return session.execute(
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id, ModelVersion.state == VersionState.live.value)
+        .order_by(ModelVersion.number.desc())
+        .limit(1)
+    ).scalar_one_or_none()
