@@ -63,6 +63,7 @@ from workers.unlearning import (
 log = logging.getLogger("lethe.worker")
 STEPS = (JobStep.collect, JobStep.solve, JobStep.evaluate)
 RETAIN_EVAL_MAX = 2000
+REFINE_ITER_FACTOR = 10  # gate remedy 1: this many times the configured iteration budget
 PROGRESS_MIN_INTERVAL_S = 0.5
 PRIVATE_PREFIX = "private"
 WEIGHTS_PREFIX = "weights"
@@ -389,7 +390,7 @@ def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict
             progress = ProgressWriter(rt, job.id, attempt, JobStep.evaluate.value)
             need = math.sqrt(2.0 * cfg.max_kl_per_release) * cfg.l2 * cfg.noise_std
             tol = min(cfg.tol, 0.5 * need) if need > 0 else cfg.tol * 1e-3
-            tighter = cfg.model_copy(update={"tol": max(tol, 1e-300), "max_iter": cfg.max_iter * 4})
+            tighter = cfg.model_copy(update={"tol": max(tol, 1e-300), "max_iter": cfg.max_iter * REFINE_ITER_FACTOR})
             result = method.forget(mm, data["user"], tighter, progress)
             bound = method.bound(result, cfg)
             metrics = _measure(mm, data, cfg)
