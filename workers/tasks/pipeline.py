@@ -1,4 +1,18 @@
-"""Thin Celery tasks: open the runtime, call one function. Arguments are ids."""
+"""Thin Celery tasks: open the runtime, call one function, relay the outbox. Arguments are ids.
+
+| task               | queue   | function                                        |
+|--------------------|---------|-------------------------------------------------|
+| ``job.run``        | gpu     | ``workers.execution.run.run_job(rt, job_id)``   |
+| ``pipeline.schedule`` | default | ``service.job.service.schedule(session, settings)`` |
+| ``pipeline.relay`` | default | ``workers.relay.relay_outbox(session_factory, send)`` |
+| ``pipeline.sweep`` | default | ``workers.execution.sweeper.sweep(rt)``         |
+| ``pipeline.purge`` | default | ``workers.execution.purge.purge_model(rt, model_id)`` |
+
+The functions take a :class:`workers.runtime.Runtime` (settings, engine, session factory, artifact
+store) and re-read the database; results are ignored (the database is the truth). ``job.run``
+never raises for a job's own failure: the job row records it and, when attempts remain, the
+re-send goes through the outbox that this task relays before it returns.
+"""
 
 from __future__ import annotations
 

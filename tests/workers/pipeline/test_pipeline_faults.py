@@ -228,3 +228,31 @@ def test_bad_data_fails_at_once_without_retries(rt):
     with rt.session_factory() as s:
         job = s.get(Job, job_id)
         assert job.status == "failed" and job.attempts == 1 and "core" in job.error and job.active_key is None
+
+
+def test_crash_inside_solve_resumes_at_the_saved_step(rt):
+    model_id = _trained(rt)
+    job_id = _forget_job(rt, model_id, "subject-014")
+    calls = []
+
+    def crash_once(job):
+        calls.append(job.attempts)
+        if len(calls) == 1:
+            raise RuntimeError("worker crashed mid-solve")
+
+    run_mod.HOOKS["solve"] = crash_once
+    try:
+        assert run_job(rt, job_id) == "retrying"
+        with rt.session_factory() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "queued" and job.step == "collect" and "mid-solve" in job.error
+            collected = job.checkpoint["collect"]
+            assert list(job.checkpoint) == ["collect"]
+        assert run_job(rt, job_id) == "succeeded"
+    finally:
+        run_mod.HOOKS.pop("solve", None)
+    assert len(calls) == 2
+    with rt.session_factory() as s:
+        job = s.get(Job, job_id)
+        assert job.checkpoint["collect"] == collected and job.attempts == 2  # collect was not redone
+        assert [v.number for v in _versions(s)] == [1, 2]
