@@ -162,7 +162,8 @@ async def get_version(
         with factory() as session:
             model = service.get_model(session, name)
             v = service.live_or_gone(service.resolve_version(session, model, ref), model)
-            return service.manifest_etag(session, v), service.manifest(session, model, v).model_dump(mode="json")
+            doc, etag = service.manifest_with_etag(session, model, v)
+            return etag, doc.model_dump(mode="json")
 
     def quick_etag():
         with factory() as session:

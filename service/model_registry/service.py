@@ -221,13 +221,24 @@ def live_or_gone(version: ModelVersion, model: Model) -> ModelVersion:
 
 
 def manifest(session: Session, model: Model, v: ModelVersion) -> VersionManifest:
+    return manifest_with_aliases(session, model, v, repo.alias_names_for(session, v.id))
+
+
+def manifest_with_etag(session: Session, model: Model, v: ModelVersion) -> tuple[VersionManifest, str]:
+    """The manifest and its ETag, reading the alias set once."""
+    names = repo.alias_names_for(session, v.id)
+    etag = etag_of(v.id, v.sha256, v.state, sum(repo.ALIAS_BITS.get(n, 0) for n in names))
+    return manifest_with_aliases(session, model, v, names), etag
+
+
+def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, aliases: list[str]) -> VersionManifest:
     return VersionManifest(
         model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
         parent=repo.version_number(session, v.parent_id), created_at=_aware(v.created_at),
         architecture=model.architecture, architecture_config=model.architecture_config,
         linearize=model.linearize, input_shape=model.input_shape, num_classes=model.num_classes,
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
-        state=v.state, revoked_at=_aware(v.revoked_at), aliases=repo.alias_names_for(session, v.id),
+        state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
         weights_url=f"/v1/models/{model.name}/versions/{v.number}/weights",
     )
 
