@@ -141,6 +141,15 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags or f"W/{etag}" in tags
 
 
+async def _pause(request: Request, deadline: float) -> bool:
+    """Sleep up to 0.2 s between long-poll checks; False once the client has gone away, so an
+    abandoned poll stops querying the database instead of running to its deadline."""
+    if await request.is_disconnected():
+        return False
+    await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return True
+
+
 @router.get("/v1/models/{name}/versions/{ref}", response_model=VersionManifest)
 async def get_version(
     name: str,
@@ -176,7 +185,8 @@ async def get_version(
         while etag is not None and _etag_matches(if_none_match, etag):
             if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
                 return Response(status_code=304, headers={"ETag": etag})
-            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            if not await _pause(request, deadline):
+                return Response(status_code=304, headers={"ETag": etag})
             etag = await anyio.to_thread.run_sync(quick_etag)
     while True:
         etag, body = await anyio.to_thread.run_sync(check)
@@ -184,7 +194,8 @@ async def get_version(
             return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
         if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
             return Response(status_code=304, headers={"ETag": etag})
-        await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if not await _pause(request, deadline):
+            return Response(status_code=304, headers={"ETag": etag})
 
 
 @router.get("/v1/models/{name}/versions/{ref}/weights")

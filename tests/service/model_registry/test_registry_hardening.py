@@ -126,3 +126,65 @@ def test_over_long_version_number_is_not_found(client, model):
     assert r.status_code == 404 and "has no version" in r.json()["detail"]
     r = client.post("/v1/models/hard/aliases/production", json={"version": 10**20}, headers=h)
     assert r.status_code == 404 and "has no version" in r.json()["detail"]
+
+
+def test_abandoned_long_poll_stops_querying(client, db, model, monkeypatch):
+    """A poller that hangs up mid-wait must not keep polling the database until its deadline."""
+    import asyncio
+    import time
+
+    from service.model_registry import service as registry
+    from service.model_registry.service import move_alias
+    from service.models import ModelVersion
+
+    store = client.app.state.store
+    art = store.put_bytes(b"w" * 64, prefix=f"weights/{model.id}", suffix=".safetensors")
+    v = ModelVersion(model_id=model.id, number=1, artifact_uri=art.uri, sha256=art.sha256, size_bytes=art.size,
+                     metrics={}, bound={}, state="live")
+    db.add(v)
+    db.flush()
+    move_alias(db, model, "latest", v, "pipeline", system=True)
+    h = client.auth("serving")
+    etag = client.get("/v1/models/hard/versions/latest", headers=h).headers["etag"]
+
+    calls = []
+    real = registry.current_etag
+
+    def counting(*a, **k):
+        calls.append(time.monotonic())
+        return real(*a, **k)
+
+    async def poll(hang_up_after: float | None) -> tuple[int, float]:
+        t0 = time.monotonic()
+        sent = []
+        first = True
+
+        async def receive():
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            # Like uvicorn: a disconnect that already happened is returned without suspending.
+            if hang_up_after is not None and time.monotonic() >= t0 + hang_up_after:
+                return {"type": "http.disconnect"}
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": "/v1/models/hard/versions/latest", "raw_path": b"/v1/models/hard/versions/latest",
+                 "query_string": b"wait=2", "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+                 "headers": [(b"host", b"testserver"), (b"authorization", h["Authorization"].encode()),
+                             (b"if-none-match", etag.encode())]}
+        await client.app(scope, receive, send)
+        return sent[0]["status"], time.monotonic() - t0
+
+    monkeypatch.setattr(registry, "current_etag", counting)
+    status, took = asyncio.run(poll(0.3))
+    assert status == 304 and took < 1.0, took
+    assert len(calls) <= 4, len(calls)
+    # control: a poller that stays connected is polled until the deadline
+    calls.clear()
+    status, took = asyncio.run(poll(None))
+    assert status == 304 and took >= 1.9 and len(calls) >= 8, (took, len(calls))
