@@ -301,12 +301,19 @@ def move_alias(session: Session, model: Model, alias: str, version: ModelVersion
     if version.state != VersionState.live.value:
         raise AliasTargetRevoked(f"Version {version.number} is revoked; no alias can point at it", current_state=version.state)
     row = repo.alias_row(session, model.id, alias, for_update=True)
+    if row is None:
+        # First pointing of this alias: two movers may both find no row to lock. The loser of the
+        # insert race waits on the winner's row, then moves it like any other (no 500).
+        try:
+            with session.begin_nested():
+                session.add(ModelAlias(model_id=model.id, name=alias, version_id=version.id))
+                session.flush()
+        except IntegrityError:
+            row = repo.alias_row(session, model.id, alias, for_update=True)
     before = row.version_id if row else None
     if before == version.id:
         return False
-    if row is None:
-        session.add(ModelAlias(model_id=model.id, name=alias, version_id=version.id))
-    else:
+    if row is not None:
         row.version_id = version.id
         row.updated_at = utcnow()
     session.add(AliasEvent(model_id=model.id, alias=alias, from_version_id=before, to_version_id=version.id, actor=actor))

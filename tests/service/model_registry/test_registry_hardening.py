@@ -188,3 +188,53 @@ def test_abandoned_long_poll_stops_querying(client, db, model, monkeypatch):
     calls.clear()
     status, took = asyncio.run(poll(None))
     assert status == 304 and took >= 1.9 and len(calls) >= 8, (took, len(calls))
+
+
+def test_racing_first_moves_of_an_alias_both_succeed(committed_app, engine):
+    """Two movers that both find no 'production' row: the second waits on the first's insert,
+    then moves the alias like any other move (no IntegrityError, both moves in the history)."""
+    import threading
+    import time
+
+    from sqlalchemy.orm import Session
+
+    from service.model_registry.service import move_alias
+    from service.models import AliasEvent, ModelAlias, ModelVersion
+
+    c = committed_app
+    assert c.post("/v1/models", json=SPEC, headers=c.auth("operator")).status_code == 201
+    store = c.app.state.store
+    with Session(engine) as s, s.begin():
+        m = s.execute(select(Model)).scalar_one()
+        for n in (1, 2):
+            art = store.put_bytes(f"w{n}".encode() * 32, prefix=f"weights/{m.id}", suffix=".safetensors")
+            s.add(ModelVersion(model_id=m.id, number=n, artifact_uri=art.uri, sha256=art.sha256, size_bytes=art.size,
+                               metrics={}, bound={}, state="live"))
+    errors: list[BaseException] = []
+
+    def second():
+        try:
+            with Session(engine) as s, s.begin():
+                m = s.execute(select(Model)).scalar_one()
+                v2 = s.execute(select(ModelVersion).where(ModelVersion.number == 2)).scalar_one()
+                move_alias(s, m, "production", v2, "second")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    with Session(engine) as s, s.begin():
+        m = s.execute(select(Model)).scalar_one()
+        v1 = s.execute(select(ModelVersion).where(ModelVersion.number == 1)).scalar_one()
+        assert move_alias(s, m, "production", v1, "first")
+        th = threading.Thread(target=second)
+        th.start()
+        time.sleep(0.4)  # the second mover is now blocked on our uncommitted row
+    th.join(10)
+    assert not th.is_alive() and errors == [], errors
+    with Session(engine) as s:
+        alias = s.execute(select(ModelAlias).where(ModelAlias.name == "production")).scalar_one()
+        number = s.execute(select(ModelVersion.number).where(ModelVersion.id == alias.version_id)).scalar_one()
+        assert number == 2
+        events = s.execute(select(AliasEvent.actor, AliasEvent.from_version_id).where(AliasEvent.alias == "production")
+                           .order_by(AliasEvent.id)).all()
+        assert [e.actor for e in events] == ["first", "second"] and events[0].from_version_id is None
+        assert events[1].from_version_id is not None
