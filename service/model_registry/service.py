@@ -147,6 +147,10 @@ def ingest(
       every model; received, awaiting_approval, queued, processing): samples added now could
       miss the running batch and outlive the request that asked for their deletion. Upload
       them again once the request is completed (that needs renewed consent) or cancelled.
+      The guards read without locks: a request filed in the milliseconds between this check and
+      the commit is still honoured unless its job had already collected the samples before the
+      commit (the scheduler's batch window makes that practically unreachable; not locked, so
+      ingestion never serialises with request intake).
 
     The chunk file is written before the rows; when the transaction then fails, the file is an
     orphan. That is harmless: files are content-addressed (a retry reuses the same name) and
