@@ -61,7 +61,8 @@ def information_bound(
 ZERO_BOUND_METHOD = "zero"
 
 
-def exact_bound(method: str, mu: float, noise_std: float, iterations: int = 0) -> Bound:
+def exact_bound(method: str, mu: float, noise_std: float, iterations: int = 0, residual_norm: float = 0.0) -> Bound:
     """A release that provably holds nothing of the forgotten data (zero, or a retrain whose
-    user weights never saw it)."""
-    return Bound(method, "exact", 0.0, float(mu), float(noise_std), int(iterations), 0.0, 0.0)
+    user weights never saw it): KL 0 exactly. ``residual_norm`` is recorded for information
+    only (a retrain's optimality gap is not information about removed data)."""
+    return Bound(method, "exact", float(residual_norm), float(mu), float(noise_std), int(iterations), 0.0, 0.0)

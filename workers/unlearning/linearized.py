@@ -34,9 +34,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
+def compute_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
     """float64 on CPU (the certificate is exact); float32 passes on GPU (reductions in float64)."""
-    return torch.float64 if device.type == "cpu" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float64 if device.type == "cpu" else torch.float32
+    if dtype in ("float64", "float32"):
+        return getattr(torch, dtype)
+    raise ConfigError(f"dtype must be 'auto', 'float64' or 'float32', got {dtype!r}")
 
 
 def _param_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -55,10 +61,11 @@ class MixedLinearModel(nn.Module):
         architecture: str | None = None,
         architecture_config: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "auto",
     ) -> None:
         super().__init__()
         self.device_ = resolve_device(device)
-        self.dtype_ = compute_dtype(self.device_)
+        self.dtype_ = compute_dtype(self.device_, dtype)
         self.network = network.to(device=self.device_, dtype=self.dtype_)
         for p in self.network.parameters():
             p.requires_grad_(False)
@@ -79,15 +86,17 @@ class MixedLinearModel(nn.Module):
         target_scale: float = 1.0,
         *,
         device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "auto",
         seed: int | None = 0,
     ) -> "MixedLinearModel":
+        """Build a registered (or ``module:function``) network, initialised from ``seed``."""
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 net = build_network(architecture, architecture_config)
         else:
             net = build_network(architecture, architecture_config)
-        return cls(net, linearize, target_scale, architecture=architecture, architecture_config=architecture_config, device=device)
+        return cls(net, linearize, target_scale, architecture=architecture, architecture_config=architecture_config, device=device, dtype=dtype)
 
     def _split(self) -> None:
         net = self.network

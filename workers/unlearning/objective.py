@@ -22,7 +22,9 @@ import torch
 
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import InvalidDataError
+from workers.unlearning import sequential
 from workers.unlearning.linearized import MixedLinearModel
+from workers.unlearning.sequential import SequentialProducts
 
 Progress = Callable[[dict], None] | None
 
@@ -35,6 +37,8 @@ class SolveResult:
     seconds: float = 0.0
     newton_steps: int = 0
     n_samples: int = 0
+    operation: str = "fit"  # fit | forget | zero | retrain: what produced the weights
+    path: str = ""  # gram | explicit | generic: how the passes were run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +88,16 @@ def gram_state(model: MixedLinearModel, source: TensorSource) -> GramState:
     return gram_sums(model, ((model.features(x), y) for x, y in source))
 
 
+def _tensors(state) -> list[torch.Tensor]:
+    out = []
+    for part in state[1:]:
+        if isinstance(part, torch.Tensor):
+            out.append(part)
+        elif isinstance(part, list):
+            out += [t for t in part if isinstance(t, torch.Tensor)]
+    return out
+
+
 def _linear_head(model: MixedLinearModel):
     """The head's single ``nn.Linear`` when the head is exactly one affine layer, else None."""
     from torch import nn
@@ -96,16 +110,36 @@ def _linear_head(model: MixedLinearModel):
 
 
 class Objective:
-    """L_D for one model and one data set. Features of the linearised head are cached once.
+    """L_D for one model and one data set, with three interchangeable ways to run the passes
+    (same convention, same numbers; tests check each against the others and the dense oracle):
 
-    When the linearised head is a single affine layer ``f = W φ + b`` (``linearize="last:1"`` on a
-    network ending in ``nn.Linear``), ``J v`` is exactly ``V φ + c``: the Hessian is the Gram
-    matrix ``G = AᵀA/N + μI`` of ``A = [φ, 1]`` (shared by all outputs), built in one streamed pass.
-    Every later gradient and HVP costs O(C·h²) instead of a pass over the data — same convention,
-    same numbers (a test checks it against the generic JVP/VJP path).
+    * **Gram** — the linearised head is a single affine layer ``f = W φ + b`` (``linearize="last:1"``
+      on a network ending in ``nn.Linear``): ``J v`` is exactly ``V φ + c``, the Hessian is the
+      Gram matrix ``G = AᵀA/N + μI`` of ``A = [φ, 1]`` (shared by all outputs), built in one
+      streamed pass; every later gradient and HVP costs O(C·h²) and the Newton system is solved
+      exactly by one Cholesky factorisation.
+    * **explicit** — the head is an ``nn.Sequential`` of Linear layers and elementwise
+      activations (:mod:`workers.unlearning.sequential`): one primal pass per chunk, then J v and
+      Jᵀ u are plain matrix products; a Jacobi preconditioner comes from the same records.
+    * **generic** — any module: ``torch.func.jvp`` + ``torch.func.vjp`` per chunk.
+
+    Per-chunk state (the head's inputs, and for the explicit path the activations' derivatives)
+    is cached when it fits in ``cache_bytes``; otherwise it is recomputed chunk by chunk on every
+    pass, so memory grows with the chunk size, not with N.
     """
 
-    def __init__(self, model: MixedLinearModel, source: TensorSource, mu: float, *, cache_features: bool = True, use_gram: bool = True) -> None:
+    def __init__(
+        self,
+        model: MixedLinearModel,
+        source: TensorSource,
+        mu: float,
+        *,
+        cache_features: bool = True,
+        use_gram: bool = True,
+        use_explicit: bool = True,
+        precondition: bool = True,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
         if len(source) == 0:
             raise InvalidDataError("the data set is empty: nothing to fit or retain")
         if mu <= 0:
@@ -114,15 +148,29 @@ class Objective:
         self.source = source
         self.mu = float(mu)
         self.n = len(source)
-        self.cache_features = cache_features and model.prefix is not None
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if self.cache_features:
-            self._cache = [(model.features(x), y) for x, y in source]
+        self.precondition = precondition
+        self._diag: torch.Tensor | None = None
+        self._cache: list | None = None
         self._num_out: int | None = None
         self._gram = None
+        self._seq: SequentialProducts | None = None
         lin = _linear_head(model) if (use_gram and model.prefix is not None) else None
         if lin is not None:
+            self.path = "gram"
             self._build_gram(lin)
+            return
+        self._seq = SequentialProducts(model) if (use_explicit and sequential.applies(model)) else None
+        self.path = "explicit" if self._seq is not None else "generic"
+        worth_caching = self._seq is not None or model.prefix is not None
+        if cache_features and worth_caching:
+            first = next(iter(self._states()))
+            if self.path == "explicit" and first[0] == "generic":  # a Linear saw a non-2-D input
+                self._seq, self.path = None, "generic"
+                first = next(iter(self._states()))
+            per_chunk = sum(t.numel() * t.element_size() for t in _tensors(first))
+            chunks = math.ceil(self.n / source.chunk_size)
+            if per_chunk * chunks <= cache_bytes:
+                self._cache = list(self._states())
 
     def _build_gram(self, lin) -> None:
         self._set_gram(gram_sums(self.model, self.chunks(), lin))
@@ -146,7 +194,8 @@ class Objective:
             raise InvalidDataError("Gram sums need an affine head (linearize='last:1' on a network ending in nn.Linear)")
         obj = cls.__new__(cls)
         obj.model, obj.source, obj.mu = model, None, float(mu)
-        obj.cache_features, obj._cache, obj._num_out = False, None, None
+        obj._cache, obj._num_out, obj._seq, obj._diag = None, None, None, None
+        obj.precondition, obj.path, obj.n = False, "gram", state.n
         obj._set_gram(state)
         return obj
 
@@ -172,9 +221,29 @@ class Objective:
             parts[bn] = M[:, -1]
         return torch.cat([parts[n].reshape(-1) for n in self.model._lin])
 
-    def chunks(self):
+    def _states(self):
+        """Per-chunk state: ("explicit", f0, records, y) or ("generic", feats, y)."""
+        m = self.model
+        for x, y in self.source:
+            feats = m.features(x)
+            if self._seq is not None:
+                pr = self._seq.primal(feats)
+                if pr is not None:
+                    yield ("explicit", pr[0], pr[1], y)
+                    continue
+            yield ("generic", feats, y)
+
+    def states(self):
         if self._cache is not None:
             yield from self._cache
+        else:
+            yield from self._states()
+
+    def chunks(self):
+        """(features, labels) per chunk (the head's inputs)."""
+        if self._cache is not None and self._cache and self._cache[0][0] == "generic":
+            for _, feats, y in self._cache:
+                yield feats, y
         else:
             for x, y in self.source:
                 yield self.model.features(x), y
@@ -191,11 +260,17 @@ class Objective:
             return loss, grad
         total = 0.0
         grad = torch.zeros(m.num_user_parameters, dtype=torch.float64, device=m.device_)
-        for feats, y in self.chunks():
-            out, jw = m.head_jvp(feats, w)
-            r = out + jw - m.targets(y, out.shape[1])
+        for st in self.states():
+            if st[0] == "explicit":
+                _, out, rec, y = st
+                r = out + self._seq.jvp(rec, w) - m.targets(y, out.shape[1])
+                grad += m.flatten(self._seq.vjp(rec, r))
+            else:
+                _, feats, y = st
+                out, jw = m.head_jvp(feats, w)
+                r = out + jw - m.targets(y, out.shape[1])
+                grad += m.flatten(m.head_vjp(feats, r))
             total += 0.5 * float((r.to(torch.float64) ** 2).sum())
-            grad += m.flatten(m.head_vjp(feats, r))
         wf = m.flatten(w)
         loss = total / self.n + 0.5 * self.mu * float(wf @ wf)
         return loss, grad / self.n + self.mu * wf
@@ -209,34 +284,63 @@ class Objective:
             return self._from_aug(self._to_aug(v) @ self._gram[0]) + self.mu * v
         vd = m.unflatten(v)
         acc = torch.zeros_like(v)
-        for feats, _ in self.chunks():
-            _, jv = m.head_jvp(feats, vd)
-            acc += m.flatten(m.head_vjp(feats, jv))
+        for st in self.states():
+            if st[0] == "explicit":
+                rec = st[2]
+                acc += m.flatten(self._seq.vjp(rec, self._seq.jvp(rec, vd)))
+            else:
+                feats = st[1]
+                _, jv = m.head_jvp(feats, vd)
+                acc += m.flatten(m.head_vjp(feats, jv))
         return acc / self.n + self.mu * v
+
+    def diagonal(self) -> torch.Tensor | None:
+        """diag(H) = diag(JᵀJ)/N + μ on the explicit path (the Jacobi preconditioner); None otherwise."""
+        if self._seq is None:
+            return None
+        if self._diag is None:
+            m = self.model
+            acc = torch.zeros(m.num_user_parameters, dtype=torch.float64, device=m.device_)
+            for st in self.states():
+                if st[0] == "explicit":
+                    acc += m.flatten(self._seq.diag_ggn(st[2]))
+                else:
+                    return None
+            self._diag = acc / self.n + self.mu
+        return self._diag
 
     # -- solvers ----------------------------------------------------------------------------
     def cg(self, b: torch.Tensor, tol: float, max_iter: int, progress: Progress = None, it0: int = 0) -> tuple[torch.Tensor, int, float]:
-        """Solve H d = b by conjugate gradients (float64 vectors and scalars)."""
+        """Solve H d = b by conjugate gradients, Jacobi-preconditioned where the diagonal is
+        known (float64 vectors and scalars). Stops on the true residual norm ‖b − H d‖ ≤ tol."""
+        inv = None
+        if self.precondition:
+            diag = self.diagonal()
+            inv = None if diag is None else 1.0 / diag
         x = torch.zeros_like(b)
         r = b.clone()
-        p = r.clone()
-        rs = float(r @ r)
+        z = r * inv if inv is not None else r
+        p = z.clone()
+        rz = float(r @ z)
+        rn = float(r.norm())
         it = 0
         last_report = 0.0
-        while it < max_iter and math.sqrt(rs) > tol:
+        while it < max_iter and rn > tol:
             hp = self.hvp(p)
-            alpha = rs / float(p @ hp)
+            alpha = rz / float(p @ hp)
             x += alpha * p
             r -= alpha * hp
-            rs_new = float(r @ r)
-            p = r + (rs_new / rs) * p
-            rs = rs_new
+            z = r * inv if inv is not None else r
+            rz_new = float(r @ z)
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+            rn = float(r.norm())
             it += 1
             now = time.monotonic()
             if progress is not None and now - last_report >= 0.25:
                 last_report = now
-                progress({"phase": "solve", "iteration": it0 + it, "residual": math.sqrt(rs)})
-        return x, it, math.sqrt(rs)
+                progress({"phase": "solve", "iteration": it0 + it, "residual": rn})
+        return x, it, rn
 
     def minimise(
         self,
@@ -277,5 +381,6 @@ class Objective:
             seconds=time.perf_counter() - start,
             newton_steps=steps,
             n_samples=self.n,
+            path=self.path,
         )
         return w, res

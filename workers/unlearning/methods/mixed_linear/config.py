@@ -18,7 +18,12 @@ class MixedLinearConfig(BaseModel):
     max_iter: int = Field(2000, ge=1, description="CG iterations, in total over Newton steps")
     max_newton_steps: int = Field(4, ge=1)
     chunk_size: int = Field(4096, ge=1)
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where new models are built (build_model)")
+    dtype: Literal["auto", "float64", "float32"] = Field(
+        "auto", description="pass dtype: auto = float64 on CPU, float32 on CUDA (CG scalars and reductions are always float64)"
+    )
+    precondition: bool = Field(False, description="Jacobi-precondition CG (explicit path only; the benchmark found it slower on MLPs)")
+    cache_bytes: int = Field(512 * 2**20, ge=0, description="cache per-chunk head inputs/activations up to this size, else stream")
     core_epochs: int = Field(30, ge=0)
     core_lr: float = Field(1e-2, gt=0)
     core_batch_size: int = Field(128, ge=1)

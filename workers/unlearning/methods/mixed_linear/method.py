@@ -19,7 +19,26 @@ from workers.unlearning.objective import GramState, Objective, Progress, SolveRe
 
 def _num_outputs(model: MixedLinearModel, source: TensorSource) -> int:
     x, _ = next(iter(source))
-    return int(model.core_output(x[:1]).shape[1])
+    expected = _input_shape(model)
+    if expected is not None and tuple(x.shape[1:]) != expected:
+        raise InvalidDataError(f"inputs have shape {tuple(x.shape[1:])} per sample, the network expects {expected}")
+    try:
+        out = model.core_output(x[:1])
+    except RuntimeError as exc:  # shape mismatch inside the network
+        raise InvalidDataError(f"inputs of shape {tuple(x.shape[1:])} per sample do not fit the network: {exc}") from exc
+    if out.ndim != 2:
+        raise InvalidDataError(f"the network returns shape {tuple(out.shape)}; a classifier must return (batch, classes)")
+    return int(out.shape[1])
+
+
+def _input_shape(model: MixedLinearModel) -> tuple[int, ...] | None:
+    """The per-sample input shape of a built-in network, from its architecture config."""
+    c = model.architecture_config
+    if model.architecture == "mlp" and "in_features" in c:
+        return None  # inputs are flattened: (in_features,) or any shape with that many values
+    if model.architecture == "cnn" and {"in_channels", "height", "width"} <= set(c):
+        return (int(c["in_channels"]), int(c["height"]), int(c["width"]))
+    return None
 
 
 def _check(model: MixedLinearModel, source: TensorSource, what: str) -> None:
@@ -73,10 +92,11 @@ class MixedLinear:
     # -- user weights --------------------------------------------------------------------------
     def _solve(self, model, source, cfg, start, progress) -> SolveResult:
         _check(model, source, "training" if start is None else "retained")
-        obj = Objective(model, source, cfg.l2)
+        obj = Objective(model, source, cfg.l2, precondition=cfg.precondition, cache_bytes=cfg.cache_bytes)
         w0 = start if start is not None else {k: torch.zeros_like(v) for k, v in model.user.items()}
         w, res = obj.minimise(w0, tol=cfg.tol, max_iter=cfg.max_iter, max_newton_steps=cfg.max_newton_steps, progress=progress)
         model.user = w
+        res.operation = "fit" if start is None else "forget"
         return res
 
     def fit(self, model: MixedLinearModel, user: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
@@ -101,11 +121,12 @@ class MixedLinear:
         w, res = obj.minimise({k: v.clone() for k, v in model.user.items()}, tol=cfg.tol, max_iter=cfg.max_iter,
                               max_newton_steps=cfg.max_newton_steps, progress=progress)
         model.user = w
+        res.operation = "forget"
         return res, retained
 
     def zero(self, model: MixedLinearModel) -> SolveResult:
         model.zero_user()
-        return SolveResult(iterations=0, residual_norm=0.0, converged=True, seconds=0.0)
+        return SolveResult(iterations=0, residual_norm=0.0, converged=True, seconds=0.0, operation="zero")
 
     def retrain(
         self,
@@ -127,12 +148,23 @@ class MixedLinear:
                         p.copy_(q)
             self.train_core(model, core_source, cfg, progress)
             model._split()
-        return self._solve(model, retained, cfg, None, progress)
+        res = self._solve(model, retained, cfg, None, progress)
+        res.operation = "retrain"
+        return res
 
     # -- release -------------------------------------------------------------------------------
-    def bound(self, result: SolveResult, cfg: MixedLinearConfig, *, exact: bool = False, method: str | None = None) -> Bound:
+    def bound(self, result: SolveResult, cfg: MixedLinearConfig, *, exact: bool | None = None, method: str | None = None) -> Bound:
+        """The information bound of releasing these weights with ``cfg.noise_std`` (DESIGN §6.5).
+
+        ``zero`` and ``retrain`` results are ``exact`` (KL 0: the weights are a function of the
+        retained data only); ``fit``/``forget`` results are ``certified`` by the residual.
+        ``exact=True`` forces the exact form (the caller vouches, e.g. after a core retrain);
+        ``exact=False`` forces the certified form."""
+        if exact is None:
+            exact = result.operation in ("zero", "retrain")
         if exact:
-            return exact_bound(method or "zero", cfg.l2, cfg.noise_std, result.iterations)
+            name = method or (result.operation if result.operation in ("zero", "retrain") else "retrain")
+            return exact_bound(name, cfg.l2, cfg.noise_std, result.iterations, result.residual_norm)
         return information_bound(result.residual_norm, cfg.l2, cfg.noise_std, method=self.name, guarantee=self.guarantee, iterations=result.iterations)
 
     def release(self, model: MixedLinearModel, cfg: MixedLinearConfig) -> dict[str, torch.Tensor]:
