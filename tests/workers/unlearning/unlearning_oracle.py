@@ -69,13 +69,17 @@ class Oracle:
         return torch.linalg.solve(H, b)
 
 
-def tiny_problem(n=24, d=3, hidden=4, classes=3, linearize="all", seed=0, mu=1e-2, kappa=1.5, subjects=6):
+def tiny_problem(n=24, d=3, hidden=4, classes=3, linearize="all", seed=0, mu=1e-2, kappa=1.5, subjects=6, arch="mlp", activation="tanh"):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if arch == "cnn":  # d x d single-channel images
+        x = torch.randn(n, 1, d, d, generator=g, dtype=torch.float64)
+        config = {"in_channels": 1, "height": d, "width": d, "num_classes": classes, "channels": [2], "hidden": hidden}
+    else:
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        hid = hidden if isinstance(hidden, list) else [hidden]
+        config = {"in_features": d, "hidden": hid, "num_classes": classes, "activation": activation}
     y = torch.randint(0, classes, (n,), generator=g)
-    model = MixedLinearModel.build(
-        "mlp", {"in_features": d, "hidden": [hidden], "num_classes": classes, "activation": "tanh"}, linearize, kappa, device="cpu", seed=seed
-    )
+    model = MixedLinearModel.build(arch, config, linearize, kappa, device="cpu", seed=seed)
     method = get_method("mixed_linear")
     cfg = method.config_cls(l2=mu, target_scale=kappa, tol=1e-12, max_iter=5000, core_epochs=3, chunk_size=7, device="cpu")
     method.train_core(model, TensorSource(x, y, chunk_size=7), cfg)
