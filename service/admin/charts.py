@@ -13,7 +13,7 @@ def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     raw = (hi - lo) / max(count, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first, last = math.floor(lo / step + 1e-9), math.floor(hi / step + 1e-9)
+    first, last = math.floor(lo / step + 1e-6), math.floor(hi / step + 1e-6)
     return [k * step for k in range(first, min(last, first + 50) + 1)]
 
 
