@@ -75,6 +75,7 @@ class MixedLinearModel(nn.Module):
         self.architecture_config = dict(architecture_config or {})
         self._split()
         self.user: dict[str, torch.Tensor] = {n: torch.zeros_like(p) for n, p in self._lin_core().items()}
+        self.fitted_gram = None  # GramState of the last solve's data set (affine heads), private
 
     # -- construction -------------------------------------------------------------------
     @classmethod

@@ -60,6 +60,14 @@ class GramState:
     def __add__(self, other: "GramState") -> "GramState":
         return GramState(self.G + other.G, self.B + other.B, self.c0 + other.c0, self.n + other.n)
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """For a private safetensors file next to the noise-free weights (it is user data)."""
+        return {"G": self.G.cpu(), "B": self.B.cpu(), "c0": torch.tensor([self.c0], dtype=torch.float64), "n": torch.tensor([self.n])}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> "GramState":
+        return cls(t["G"].to(device, torch.float64), t["B"].to(device, torch.float64), float(t["c0"][0]), int(t["n"][0]))
+
 
 def gram_sums(model: MixedLinearModel, chunks, lin=None) -> GramState:
     """One streamed pass: the Gram sums of (features, labels) chunks."""
@@ -153,6 +161,7 @@ class Objective:
         self._cache: list | None = None
         self._num_out: int | None = None
         self._gram = None
+        self.gram_sums: GramState | None = None
         self._seq: SequentialProducts | None = None
         lin = _linear_head(model) if (use_gram and model.prefix is not None) else None
         if lin is not None:
@@ -180,6 +189,7 @@ class Objective:
         lin = _linear_head(m)
         names = dict((id(p), n) for n, p in m.head.named_parameters())
         self.n = g.n
+        self.gram_sums = g
         self._gram = (g.G / g.n, g.B / g.n, names[id(lin.weight)], names[id(lin.bias)] if lin.bias is not None else None)
         self._cache = None  # the Gram replaces the cached features
         self._c0 = g.c0 / g.n

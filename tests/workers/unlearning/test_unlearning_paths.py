@@ -164,3 +164,21 @@ def test_cuda_float32_passes_reach_the_float64_solution():
     res = method.fit(gpu, TensorSource(x, y), c)
     assert res.converged and res.residual_norm <= c.tol
     assert rel(gpu.flatten(gpu.user).cpu(), oracle.solve()) <= 1e-3
+
+
+def test_downdate_from_kept_gram_sums_round_trips_and_refuses_an_empty_retained_set():
+    from workers.unlearning import GramState
+
+    model, method, cfg, x, y, subj, oracle = tiny_problem(linearize="last:1", n=30, subjects=10)
+    method.fit(model, TensorSource(x, y), cfg)
+    assert model.fitted_gram is not None and model.fitted_gram.n == 30
+    kept = GramState.from_tensors(model.fitted_gram.to_tensors())  # as stored next to the private weights
+    first = (subj == 1).nonzero().reshape(-1)
+    res, retained = method.forget_downdate(model, kept, TensorSource(x[first], y[first]), cfg)
+    assert res.operation == "forget" and model.fitted_gram is retained
+    second = (subj == 2).nonzero().reshape(-1)
+    method.forget_downdate(model, None, TensorSource(x[second], y[second]), cfg)  # chained from the model's sums
+    keep = ((subj != 1) & (subj != 2)).nonzero().reshape(-1)
+    assert rel(model.flatten(model.user), oracle.solve(keep)) <= 1e-6
+    with pytest.raises(InvalidDataError, match="empty"):
+        method.forget_downdate(model, None, TensorSource(x[keep], y[keep]), cfg)

@@ -87,6 +87,7 @@ class MixedLinear:
             for p in net.parameters():
                 p.requires_grad_(False)
         model.zero_user()
+        model.fitted_gram = None  # features changed: old sums no longer describe this model
         return {"epochs": cfg.core_epochs, "seconds": time.perf_counter() - start}
 
     # -- user weights --------------------------------------------------------------------------
@@ -96,6 +97,9 @@ class MixedLinear:
         w0 = start if start is not None else {k: torch.zeros_like(v) for k, v in model.user.items()}
         w, res = obj.minimise(w0, tol=cfg.tol, max_iter=cfg.max_iter, max_newton_steps=cfg.max_newton_steps, progress=progress)
         model.user = w
+        # the Gram sums of the set just solved on (affine heads): keep them privately and the
+        # next forget is ``forget_downdate`` at a cost that grows with the forgotten samples only
+        model.fitted_gram = obj.gram_sums
         res.operation = "fit" if start is None else "forget"
         return res
 
@@ -108,12 +112,20 @@ class MixedLinear:
         return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
 
     def forget_downdate(
-        self, model: MixedLinearModel, fitted: GramState, removed: TensorSource, cfg: MixedLinearConfig, progress: Progress = None
+        self, model: MixedLinearModel, fitted: GramState | None, removed: TensorSource, cfg: MixedLinearConfig, progress: Progress = None
     ) -> tuple[SolveResult, GramState]:
         """The same Newton step, for an affine head whose training-set Gram sums were kept: the
         retained set's statistics are ``fitted − removed``, so the cost grows with the forgotten
-        samples, not with N. Returns the result and the retained set's Gram sums (for the next
-        release)."""
+        samples, not with N. ``fitted=None`` uses ``model.fitted_gram`` (set by the last
+        fit/forget/retrain in this process). ``removed`` must be samples of that fitted set.
+        Returns the result and the retained set's Gram sums (keep them privately for the next
+        forget)."""
+        if fitted is None:
+            fitted = model.fitted_gram
+        if fitted is None:
+            raise InvalidDataError("no Gram sums of the fitted set: fit first, or pass them (GramState.from_tensors)")
+        if len(removed) >= fitted.n:
+            raise InvalidDataError("the retained set would be empty")
         if len(removed):
             removed.validate(_num_outputs(model, removed))
         retained = fitted - gram_state(model, removed) if len(removed) else fitted
@@ -121,6 +133,7 @@ class MixedLinear:
         w, res = obj.minimise({k: v.clone() for k, v in model.user.items()}, tol=cfg.tol, max_iter=cfg.max_iter,
                               max_newton_steps=cfg.max_newton_steps, progress=progress)
         model.user = w
+        model.fitted_gram = retained
         res.operation = "forget"
         return res, retained
 
