@@ -155,6 +155,7 @@ def test_operator_and_auditor_in_the_browser(live_service):
                                   created_at=now - timedelta(days=30 - days), due_at=now + timedelta(days=days)))
 
     SHOTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=20_000)  # the machine is shared: generous waits, not sleeps
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:

@@ -459,3 +459,12 @@ def test_pages_have_landmarks_headings_and_labels(client, db):
             ident = re.search(r'id="([^"]+)"', tag)
             assert "aria-label=" in tag or (ident and f'for="{ident.group(1)}"' in html), (url, tag)
         assert "<table" not in html or '<th scope="col">' in html
+
+
+def test_security_headers_forbid_framing_and_foreign_scripts(client):
+    for r in (client.get("/admin/login"), client.get("/admin/static/admin.js")):
+        assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["referrer-policy"] == "same-origin"
+    _signed_in(client, "operator")
+    html = client.get("/admin/").text
+    assert "<script>" not in html and "javascript:" not in html and not re.search(r"<[^>]+\son\w+=", html)
