@@ -331,6 +331,9 @@ def test_jobs_list_detail_progress_fragment_and_retry(client, db):
     only_failed = client.get("/admin/jobs?status=failed").text
     assert "train" in only_failed and "forget" not in only_failed.split('id="jobs"')[1]
     assert client.get("/admin/jobs?status=bogus").status_code == 422
+    frag = client.get("/admin/fragments/jobs?status=running&model=digits").text
+    assert "<html" not in frag and "it 42" in frag and ">train<" not in frag
+    assert 'data-refresh="/admin/fragments/jobs?status=failed&amp;model="' in only_failed
     running = db.execute(select(Job).where(Job.status == "running")).scalar_one()
     detail = client.get(f"/admin/jobs/{running.id}").text
     assert 'data-refresh="/admin/fragments/jobs/' in detail
