@@ -14,7 +14,7 @@ the information bound (DESIGN §6). It imports nothing of the service: usable on
     served = load_model("v2.safetensors")         # an nn.Module computing f_ML
 """
 
-from workers.unlearning.bounds import Bound, exact_bound, information_bound
+from workers.unlearning.bounds import Bound, exact_bound, information_bound, tol_for_kl
 from workers.unlearning.data import TensorSource, concat
 from workers.unlearning.errors import ConfigError, InvalidDataError, UnlearningError
 from workers.unlearning.evaluation import auc, evaluate, membership_inference_auc, per_sample_loss
@@ -56,4 +56,5 @@ __all__ = [
     "resolve_device",
     "save_weights",
     "to_bytes",
+    "tol_for_kl",
 ]

@@ -66,3 +66,9 @@ def exact_bound(method: str, mu: float, noise_std: float, iterations: int = 0, r
     user weights never saw it): KL 0 exactly. ``residual_norm`` is recorded for information
     only (a retrain's optimality gap is not information about removed data)."""
     return Bound(method, "exact", float(residual_norm), float(mu), float(noise_std), int(iterations), 0.0, 0.0)
+
+
+def tol_for_kl(mu: float, noise_std: float, max_kl_nats: float) -> float:
+    """The loosest gradient-norm tolerance whose bound meets ``max_kl_nats``:
+    ‖∇L‖ ≤ μ·s·√(2·KL). (0 when s = 0: only an exact solution is covered.)"""
+    return float(mu * noise_std * math.sqrt(2.0 * max_kl_nats))
