@@ -187,7 +187,9 @@ def probe(settings: Settings, key: str, target: str | None, config: dict[str, An
                     f"LETHE_ARCHITECTURES__PROBE_MEMORY_MB): {tail[0][:300]}")
     result = json.loads(lines[-1])
     if not result.get("ok"):
-        raise _fail(ArchitectureInvalid, "architecture_config", f"building architecture {key!r} failed: {result.get('error')}")
+        raise _fail(ArchitectureInvalid, "architecture_config",
+                    f"building architecture {key!r} failed (probe limits {a.probe_memory_mb} MiB, {a.probe_timeout_s:g} s): "
+                    f"{result.get('error')}")
     return result
 
 
