@@ -138,7 +138,7 @@ def run_isolated(rt: Runtime, job_id: uuid.UUID | str) -> str:
         return status
     code = child.returncode
     how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-    error = f"the job's process {how} before recording an outcome"
+    error = f"the job's worker process {how} before recording an outcome"
     log.error("job %s: %s", job_id, error)
     return _fail_killed(rt, job_id, attempts_before, error, retry=True)
 
