@@ -154,3 +154,17 @@ def test_an_isolated_job_succeeds_like_an_inline_one(rt, nets):
     job, reqs, versions = _state(rt, job_id, req_ids)
     assert job.status == "succeeded" and job.attempts == 1 and versions == 1
     assert {r.status for r in reqs} == {"completed"}
+
+
+def test_a_legacy_import_path_that_is_not_declared_fails_the_job_and_is_never_imported(rt, nets, tmp_path):
+    """A row written before the registry (``module:function``) runs only if an administrator
+    declared that string; otherwise the job fails at once, clearly, and nothing is imported."""
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "nets" / "lethe_legacy_net.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    job_id, _, req_ids = _forget_job(rt, "lethe_legacy_net:build")
+    assert run_isolated(rt, job_id) == "failed"
+    job, reqs, versions = _state(rt, job_id, req_ids)
+    assert job.status == "failed" and job.attempts == 1
+    assert "architecture 'lethe_legacy_net:build' is not registered here" in job.error
+    assert not marker.exists() and versions == 0
+    assert [r.status for r in reqs] == ["queued", "queued"]
