@@ -16,6 +16,11 @@ streams, fsynced and renamed only when its sha256 matches the manifest: a reader
 partial or tampered file. A file already present with the right hash is revalidated with
 ``If-None-Match`` (the server answers ``304`` and nothing is downloaded again).
 
+A module is built only for an architecture of the registry (the built-ins, entry points in the
+group ``lethe.architectures`` installed here) or one passed as ``LetheClient(...,
+architectures={"key": builder})``; a manifest or file naming anything else fails with a
+:class:`PullError` and nothing is imported (``load=False`` still downloads it).
+
 Only ``httpx`` is imported here; torch is loaded (through ``workers.unlearning``) when a module is
 built, so ``load=False`` pulls work without it.
 """
@@ -28,7 +33,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,12 @@ class VersionGone(PullError):
 
 class ChecksumMismatch(PullError):
     """The downloaded bytes do not hash to the manifest's sha256; nothing was written."""
+
+
+class ModelNotLoadable(PullError):
+    """The weights cannot be built here, e.g. they name an architecture that is not registered (and
+    was not passed in ``architectures``): nothing was imported. Retrying cannot help, so
+    :meth:`LetheClient.watch` raises it."""
 
 
 class Manifest(dict):
@@ -182,8 +193,10 @@ def _raise_for(r: httpx.Response, what: str) -> None:
 class LetheClient:
     """A small synchronous client for the serving endpoints (a token with the ``serving`` role)."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+                 architectures: Mapping[str, Callable[..., Any]] | None = None) -> None:
         self.timeout = float(timeout)
+        self.architectures = dict(architectures or {})  # builders by key, beside the registry
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}", "User-Agent": "lethe-client/1"},
@@ -253,9 +266,12 @@ class LetheClient:
         path = self.download(manifest, to_dir)
         module = None
         if load:
-            from workers.unlearning import load_model  # torch only when a module is wanted
+            from workers.unlearning import ConfigError, load_model  # torch only when a module is wanted
 
-            module = load_model(path)
+            try:
+                module = load_model(path, architectures=self.architectures)
+            except ConfigError as exc:
+                raise ModelNotLoadable(f"{manifest['model']} v{manifest['number']}: {exc}") from exc
             module.eval()
         return PulledModel(path=path, manifest=dict(manifest), module=module)
 
@@ -296,6 +312,8 @@ class LetheClient:
             except (httpx.TransportError, ChecksumMismatch, VersionGone) as exc:
                 self.last_error = exc
                 log.warning("watch %s@%s: %s; retrying in %.1fs", model, ref, exc, backoff)
+            except ModelNotLoadable:
+                raise
             except PullError as exc:
                 if exc.status is not None and exc.status < 500 and exc.status not in (404, 408, 429):
                     raise

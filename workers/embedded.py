@@ -1,5 +1,9 @@
 """Embedded mode: a real Celery worker in this process over the in-memory transport, plus a
-ticker doing beat's work (schedule, relay the outbox, sweep). No Postgres, no Redis."""
+ticker doing beat's work (schedule, relay the outbox, sweep). No Postgres, no Redis.
+
+The worker thread never computes a job itself: the ``job.run`` task starts a child process per
+job (:mod:`workers.execution.isolation`, from the database by job id) under the memory cap of
+``settings.jobs``, so a job that runs out of memory fails alone and the API keeps answering."""
 
 from __future__ import annotations
 

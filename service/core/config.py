@@ -8,6 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,45 @@ class PipelineSettings(BaseModel):
     sweeper_interval_s: float = 10.0
 
 
+class ArchitectureSettings(BaseModel):
+    """Architectures beyond the built-ins (DESIGN §10). Requests name registry keys only."""
+
+    # key -> "package.module:function", declared by the administrator, e.g.
+    # LETHE_ARCHITECTURES__DECLARED='{"resnet_small": "acme_nets.resnet:small"}'. A key may itself
+    # be a "module:function" string, so models registered before the registry keep working.
+    declared: dict[str, str] = Field(default_factory=dict)
+    # Also accept entry points installed in the group "lethe.architectures".
+    entry_points: bool = True
+    # A declared entry is validated at registration in a short-lived subprocess with these limits.
+    probe_timeout_s: float = 60.0
+    probe_memory_mb: int = 4096
+
+
+class LimitsSettings(BaseModel):
+    """What registration accepts (422 past any of these, the limit in the message)."""
+
+    max_parameters: int = 20_000_000
+    max_input_elements: int = 1_000_000
+    max_layers: int = 64
+    max_iterations: int = 100_000
+    max_newton_steps: int = 50
+    max_epochs: int = 1_000
+    max_chunk_size: int = 1_000_000
+
+
+class JobSettings(BaseModel):
+    """How a job runs on a worker (DESIGN §10: a job can never take the API down)."""
+
+    # Run each job in a child process of its own (embedded mode and workers alike).
+    isolate: bool = True
+    # Memory cap of a job's process in MiB (0 = none): RLIMIT_AS for CPU jobs plus an RSS watchdog
+    # (the only guard for CUDA jobs, whose initialisation breaks under RLIMIT_AS).
+    memory_limit_mb: int = 8192
+    # "auto": RLIMIT_AS on CPU jobs and the watchdog; "rss": the watchdog only.
+    memory_enforcement: Literal["auto", "rss"] = "auto"
+    watchdog_interval_s: float = 0.25
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LETHE_",
@@ -78,6 +118,9 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    architectures: ArchitectureSettings = Field(default_factory=ArchitectureSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> "Settings":

@@ -42,7 +42,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 @router.post("/v1/models", response_model=ModelRead, status_code=201)
 def register_model(body: ModelCreate, request: Request, response: Response, session: SessionDep,
                    who: Principal = Depends(require(Role.operator))) -> ModelRead:
-    model = service.register(session, body, who.actor)
+    model = service.register(session, body, who.actor, request.app.state.settings)
     response.headers["Location"] = f"/v1/models/{model.name}"
     return service.to_read(session, model)
 

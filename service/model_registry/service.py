@@ -12,10 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
+from service.core.config import Settings, get_settings
 from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, SubjectTombstoned
 from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
+from service.model_registry import architectures
 from service.model_registry import repository as repo
 from service.model_registry.samples import encode_chunk
 from service.model_registry.schemas import (
@@ -77,8 +79,13 @@ def get_model(session: Session, name: str) -> Model:
     return model
 
 
-def register(session: Session, data: ModelCreate, actor: str) -> Model:
-    model = Model(**{**data.model_dump(exclude={"method_config"}), "method_config": data.method_config.model_dump(mode="json")})
+def register(session: Session, data: ModelCreate, actor: str, settings: Settings | None = None) -> Model:
+    """Check the architecture against the registry and the limits (422, nothing written), then insert."""
+    settings = settings or get_settings()
+    method_config = data.method_config.model_dump(mode="json")
+    arch_config = architectures.validate(settings, data.architecture, data.architecture_config, data.input_shape,
+                                         data.num_classes, data.linearize, method_config)
+    model = Model(**{**data.model_dump(exclude={"method_config"}), "architecture_config": arch_config, "method_config": method_config})
     try:
         with session.begin_nested():
             session.add(model)

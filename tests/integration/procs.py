@@ -37,6 +37,8 @@ def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
         LETHE_PIPELINE__OUTBOX_INTERVAL_S="0.5",
         LETHE_PIPELINE__SWEEPER_INTERVAL_S="1",
         PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'integration'}",
+        # a legacy-style key ("module:function") the administrator declared (test_faults)
+        LETHE_ARCHITECTURES__DECLARED='{"crashing_network:build": "crashing_network:build"}',
     )
     env.update(extra)
     return env

@@ -44,6 +44,7 @@ from service.job import service as job_service
 from service.model_registry.samples import read_samples
 from service.models import DeletionRequest, Job, JobKind, JobStatus, JobStep, Model, Sample, Split
 from service.models._types import utcnow
+from workers.execution.isolation import out_of_memory
 from workers.runtime import Runtime
 from workers.unlearning import (
     Bound,
@@ -467,14 +468,15 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
 def _record_failure(rt: Runtime, job_id: uuid.UUID, attempt: int, exc: Exception) -> str:
     """Back to ``queued`` (re-sent through the outbox) or, past ``max_attempts`` or on an error
     that cannot go away by retrying (bad data or config), ``failed`` with the error."""
-    err = f"{type(exc).__name__}: {exc}"
+    oom = out_of_memory(exc, rt.settings)  # over the memory cap: retrying cannot help
+    err = oom or f"{type(exc).__name__}: {exc}"
     log.error("job %s attempt %s failed: %s", job_id, attempt, err)
     with rt.session_factory.begin() as session:
         job = job_repo.job_for_update(session, job_id)
         if job is None or job.status != JobStatus.running.value or job.attempts != attempt:
             return "abandoned"
         job.error = (err + "\n" + traceback.format_exc())[-4000:]
-        if job.attempts >= job.max_attempts or isinstance(exc, (ConfigError, InvalidDataError)):
+        if oom or job.attempts >= job.max_attempts or isinstance(exc, (ConfigError, InvalidDataError)):
             job_service.fail_job(session, rt.settings, job, err)
             return JobStatus.failed.value
         job.status = JobStatus.queued.value

@@ -2,7 +2,7 @@
 
 | task               | queue   | function                                        |
 |--------------------|---------|-------------------------------------------------|
-| ``job.run``        | gpu     | ``workers.execution.run.run_job(rt, job_id)``   |
+| ``job.run``        | gpu     | ``workers.execution.isolation.run_isolated(rt, job_id)`` (a child process running ``run_job``) |
 | ``pipeline.schedule`` | default | ``service.job.service.schedule(session, settings)`` |
 | ``pipeline.relay`` | default | ``workers.relay.relay_outbox(session_factory, send)`` |
 | ``pipeline.sweep`` | default | ``workers.execution.sweeper.sweep(rt)``         |
@@ -24,10 +24,17 @@ from workers.runtime import runtime_for
 
 @shared_task(name="job.run", bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(self, job_id: str) -> str:
-    from workers.execution.run import run_job
-
     rt = runtime_for(self.app)
-    status = run_job(rt, job_id)
+    if rt.settings.jobs.isolate:  # a process of its own, under the memory cap (no torch here)
+        from workers.execution.isolation import run_isolated
+
+        status = run_isolated(rt, job_id)
+    else:
+        from workers.execution.isolation import install_declared
+        from workers.execution.run import run_job
+
+        install_declared(rt.settings)
+        status = run_job(rt, job_id)
     relay(self.app)
     return status
 

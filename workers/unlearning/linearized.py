@@ -31,7 +31,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but this worker has no CUDA device; use 'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} was asked for, but this worker has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def compute_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
@@ -89,14 +97,17 @@ class MixedLinearModel(nn.Module):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "auto",
         seed: int | None = 0,
+        architectures=None,
     ) -> "MixedLinearModel":
-        """Build a registered (or ``module:function``) network, initialised from ``seed``."""
+        """Build a registered network (see :mod:`workers.unlearning.networks`; ``architectures``
+        adds builders passed explicitly), initialised from ``seed``."""
+        device = resolve_device(device)  # an unavailable device fails here, before anything is built
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                net = build_network(architecture, architecture_config)
+                net = build_network(architecture, architecture_config, architectures=architectures)
         else:
-            net = build_network(architecture, architecture_config)
+            net = build_network(architecture, architecture_config, architectures=architectures)
         return cls(net, linearize, target_scale, architecture=architecture, architecture_config=architecture_config, device=device, dtype=dtype)
 
     def _split(self) -> None:

@@ -1,14 +1,35 @@
-"""Built-in networks and the ``module:function`` import path for user networks."""
+"""Built-in networks and the registry of architectures (DESIGN §3, §10: no code from the outside).
+
+A network is built from a registry key only:
+
+* the built-ins (:data:`BUILTINS`: ``mlp``, ``cnn``);
+* builders registered in this process with :func:`register_architecture` (the worker registers
+  those an administrator declared in settings with :func:`declare_architecture`);
+* entry points of the group ``lethe.architectures`` installed in this environment;
+* builders the caller passes explicitly (``architectures={"name": builder}``).
+
+Any other name (``os:system``, ``builtins:eval``, a path named by an API request or by a weights
+file's metadata) is refused with a :class:`ConfigError` that lists the known keys; nothing is
+imported or called for it.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import importlib.metadata
+import re
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from workers.unlearning.errors import ConfigError
+
+ENTRY_POINT_GROUP = "lethe.architectures"
+_TARGET = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+Builder = Callable[..., nn.Module]
 
 
 def mlp(in_features: int, num_classes: int, hidden: list[int] | tuple[int, ...] = (128,), activation: str = "relu") -> nn.Sequential:
@@ -41,22 +62,96 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-BUILTINS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
+BUILTINS: dict[str, Builder] = {"mlp": mlp, "cnn": cnn}
+
+_lock = threading.Lock()
+_registered: dict[str, Builder] = {}
+_declared: dict[str, str] = {}
 
 
-def build_network(architecture: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """``mlp``/``cnn`` (built-in) or ``package.module:function`` called with ``**config``."""
-    config = dict(config or {})
-    if architecture in BUILTINS:
-        return BUILTINS[architecture](**config)
-    if ":" not in architecture:
-        raise ConfigError(f"unknown architecture {architecture!r}: use one of {sorted(BUILTINS)} or 'module:function'")
-    mod_name, _, fn_name = architecture.partition(":")
+def register_architecture(key: str, builder: Builder) -> None:
+    """Register a builder under ``key`` in this process (a built-in key cannot be replaced)."""
+    if key in BUILTINS:
+        raise ConfigError(f"{key!r} is a built-in architecture and cannot be replaced")
+    if not callable(builder):
+        raise ConfigError(f"the builder of {key!r} is not callable")
+    with _lock:
+        _registered[key] = builder
+
+
+def declare_architecture(key: str, target: str) -> None:
+    """Register ``key`` as the administrator's ``package.module:function``, imported when first
+    built. ``target`` comes from the server's settings, never from a request or a file."""
+    if key in BUILTINS:
+        raise ConfigError(f"{key!r} is a built-in architecture and cannot be declared again")
+    if not _TARGET.match(target):
+        raise ConfigError(f"declared architecture {key!r}: target {target!r} is not 'package.module:function'")
+    with _lock:
+        _declared[key] = target
+
+
+def forget_registrations() -> None:
+    """Drop every process-level registration and declaration (tests)."""
+    with _lock:
+        _registered.clear()
+        _declared.clear()
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_architectures(architectures: Mapping[str, Builder] | None = None) -> list[str]:
+    """Every key that :func:`build_network` accepts here (no entry point is loaded)."""
+    with _lock:
+        keys = set(BUILTINS) | set(_registered) | set(_declared)
+    return sorted(keys | set(_entry_points()) | set(architectures or {}))
+
+
+def _load_target(key: str, target: str) -> Builder:
+    mod_name, _, fn_name = target.partition(":")
     try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
+        return getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import architecture {architecture!r}: {exc}") from exc
-    net = fn(**config)
+        raise ConfigError(f"declared architecture {key!r} ({target}) cannot be loaded: {exc}") from exc
+
+
+def resolve_architecture(architecture: str, architectures: Mapping[str, Builder] | None = None) -> Builder:
+    """The builder registered under ``architecture``; a :class:`ConfigError` naming the known keys
+    for anything else (nothing is imported for an unknown name)."""
+    if architectures and architecture in architectures:
+        return architectures[architecture]
+    if architecture in BUILTINS:
+        return BUILTINS[architecture]
+    with _lock:
+        builder = _registered.get(architecture)
+        target = _declared.get(architecture)
+    if builder is not None:
+        return builder
+    if target is not None:
+        return _load_target(architecture, target)
+    ep = _entry_points().get(architecture)
+    if ep is not None:
+        try:
+            return ep.load()
+        except Exception as exc:  # noqa: BLE001 - an installed entry point that is broken
+            raise ConfigError(f"architecture entry point {architecture!r} ({ep.value}) cannot be loaded: {exc}") from exc
+    shown = architecture if len(architecture) <= 80 else architecture[:77] + "..."
+    raise ConfigError(
+        f"architecture {shown!r} is not registered here; known architectures: {', '.join(known_architectures(architectures))}. "
+        f"Register it (an entry point in {ENTRY_POINT_GROUP!r}, or pass architectures={{name: builder}}); "
+        "names are never imported"
+    )
+
+
+def build_network(architecture: str, config: dict[str, Any] | None = None, *,
+                  architectures: Mapping[str, Builder] | None = None) -> nn.Module:
+    """Build the registered ``architecture`` with ``**config``."""
+    fn = resolve_architecture(architecture, architectures)
+    try:
+        net = fn(**dict(config or {}))
+    except TypeError as exc:
+        raise ConfigError(f"architecture {architecture!r} does not accept this config: {exc}") from exc
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{architecture!r} returned {type(net).__name__}, not a torch.nn.Module")
     return net

@@ -1,5 +1,9 @@
 """One safetensors file per release: ``core.*`` (the network) and ``user.*`` (w_u) tensors, with
-the metadata needed to rebuild the model from the file alone."""
+the metadata needed to rebuild the model from the file alone.
+
+The metadata names the architecture by its registry key. Loading builds only a registered
+architecture (built-ins, process registrations, ``lethe.architectures`` entry points) or one the
+caller passes in ``architectures``; any other name is refused before anything is imported or built."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ from safetensors.torch import load, save
 
 from workers.unlearning.errors import ConfigError
 from workers.unlearning.linearized import MixedLinearModel
-from workers.unlearning.networks import build_network
+from workers.unlearning.networks import Builder, build_network, resolve_architecture
 
 FORMAT = "lethe.mixed_linear/1"
 
@@ -63,14 +68,23 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
 
-def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> MixedLinearModel:
+def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
+                          architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     meta = read_metadata(data)
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe mixed-linear weights file (format={meta.get('format')!r})")
-    arch = meta["architecture"]
+    arch = meta.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ConfigError("the weights file names no architecture")
+    try:
+        builder = resolve_architecture(arch, architectures)  # refuses unknown names; imports nothing for them
+    except ConfigError as exc:
+        raise ConfigError(f"refusing to load this weights file: {exc}") from None
     cfg = json.loads(meta["architecture_config"])
+    if not isinstance(cfg, dict):
+        raise ConfigError("the weights file's architecture_config is not a JSON object")
     tensors = load(data)
-    net = build_network(arch, cfg)
+    net = build_network(arch, cfg, architectures={arch: builder})
     core = {k[len("core.") :]: v for k, v in tensors.items() if k.startswith("core.")}
     net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in core.items()})
     model = MixedLinearModel(net, meta["linearize"], float(meta["target_scale"]), architecture=arch, architecture_config=cfg, device=device)
@@ -84,6 +98,8 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> Mi
     return model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MixedLinearModel:
-    """A ready ``torch.nn.Module`` computing f_ML, from the weights file alone."""
-    return load_model_from_bytes(Path(path).read_bytes(), device=device)
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
+    """A ready ``torch.nn.Module`` computing f_ML, from the weights file and the architecture
+    registry (plus ``architectures``, builders passed explicitly by key)."""
+    return load_model_from_bytes(Path(path).read_bytes(), device=device, architectures=architectures)

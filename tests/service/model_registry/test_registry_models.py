@@ -15,7 +15,7 @@ def _register(client, **over):
 
 
 def test_register_stores_typed_settings_and_location(client, db):
-    r = _register(client, name="pkg-model_1", architecture="my_pkg.nets:build", linearize="last:2",
+    r = _register(client, name="pkg-model_1", architecture="mlp", architecture_config={"hidden": [4]}, linearize="last:2",
                   method_config={"l2": 0.5, "noise_std": 0.0, "max_iter": 7}, sla_days=365, auto_promote=False)
     assert r.status_code == 201, r.text
     assert r.headers["location"] == "/v1/models/pkg-model_1"
@@ -24,12 +24,15 @@ def test_register_stores_typed_settings_and_location(client, db):
     stored = db.execute(select(Model).where(Model.name == "pkg-model_1")).scalar_one()
     assert stored.method_config["l2"] == 0.5 and stored.auto_promote is False and stored.sla_days == 365
     assert stored.linearize == "last:2" and stored.input_shape == [3]
+    # the built-in's config is stored complete, derived from input_shape and num_classes
+    assert stored.architecture_config == {"in_features": 3, "num_classes": 2, "hidden": [4], "activation": "relu"}
     kinds = db.execute(select(AuditEvent.kind)).scalars().all()
     assert "model.registered" in kinds
 
 
 @pytest.mark.parametrize("bad,field", [
     ({"architecture": "a..b:c"}, "architecture"), ({"architecture": "module_without_function"}, "architecture"),
+    ({"architecture": "my_pkg.nets:build"}, "architecture"),
     ({"linearize": "last:"}, "linearize"), ({"linearize": "first:1"}, "linearize"),
     ({"input_shape": [1, 2, 3, 4, 5]}, "input_shape"), ({"input_shape": [3, 0]}, "input_shape"),
     ({"input_shape": ["3"]}, "input_shape"), ({"num_classes": 1}, "num_classes"),

@@ -15,7 +15,7 @@ from service.core.security import subject_key
 from service.model_registry.samples import SampleChunkCorrupt, count_samples, read_samples
 from service.models import Model, Sample, SampleChunk
 
-SPEC = {"name": "img", "architecture": "cnn", "input_shape": [2, 3], "num_classes": 5}
+SPEC = {"name": "img", "architecture": "mlp", "input_shape": [2, 3], "num_classes": 5}
 
 
 @pytest.fixture

@@ -199,3 +199,47 @@ def test_lethe_pull_command(server, tmp_path):
     assert "v1" in r.output and sha in r.output and str(path) in r.output and path.exists()
     r = runner.invoke(cli, ["pull", "m", "--to", str(tmp_path), "--url", server.base, "--token", server.token, "--ref", "7"])
     assert r.exit_code == 1 and "404" in r.output and "Traceback" not in r.output
+
+
+def _publish_bytes(server, data: bytes) -> int:
+    stored = server.store.put_bytes(data, prefix="weights", suffix=".safetensors")
+    with Session(server.engine) as s, s.begin():
+        m = s.execute(select(Model).where(Model.name == "m")).scalar_one()
+        v = ModelVersion(model_id=m.id, number=1, artifact_uri=stored.uri, sha256=stored.sha256, size_bytes=stored.size,
+                         metrics={}, bound={"kl_nats": 0.0}, state="live", created_at=utcnow())
+        s.add(v)
+        s.flush()
+        s.add(ModelAlias(model_id=m.id, name="latest", version_id=v.id))
+    return 1
+
+
+def test_a_version_naming_an_unregistered_architecture_is_refused_and_nothing_imported(server, tmp_path, monkeypatch):
+    """Weights whose metadata names ``module:function`` (here a module that would write a file on
+    import): the client refuses to build them, imports nothing, and watch() does not retry."""
+    marker = tmp_path / "imported.txt"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "lethe_evil_net.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    monkeypatch.syspath_prepend(str(mods))
+
+    def builder(**cfg):
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+
+    net = MixedLinearModel.build("lethe_evil_net:build", ARCH, linearize="all", architectures={"lethe_evil_net:build": builder})
+    _publish_bytes(server, to_bytes(net))
+    import sys
+
+    from workers.client import ModelNotLoadable
+
+    with LetheClient(server.base, server.token) as client:
+        with pytest.raises(ModelNotLoadable, match="'lethe_evil_net:build' is not registered here; known architectures: cnn, mlp"):
+            client.pull("m", tmp_path / "models")
+        with pytest.raises(ModelNotLoadable):
+            client.watch("m", tmp_path / "models", lambda p: None, wait=1)  # raised, not retried forever
+        assert client.pull("m", tmp_path / "models", load=False).module is None  # downloading is still fine
+    assert not marker.exists() and "lethe_evil_net" not in sys.modules
+    with LetheClient(server.base, server.token, architectures={"lethe_evil_net:build": builder}) as client:
+        pulled = client.pull("m", tmp_path / "models")
+    x = torch.randn(3, 4, dtype=net.dtype_)
+    with torch.no_grad():
+        assert torch.allclose(pulled.module(x), net(x))
