@@ -13,7 +13,9 @@ import uuid
 
 import pytest
 
-from service.models import Role
+from sqlalchemy import func, select
+
+from service.models import ApiToken, AuditEvent, Client, DeletionRequest, Job, Model, OutboxMessage, Role
 
 PUBLIC = "public"
 ALL = {"requester", "operator", "serving", "auditor", "admin"}
@@ -97,8 +99,14 @@ def test_every_route_has_an_explicit_rule(client):
     assert {r.value for r in Role} == ALL  # a new role needs a column here too
 
 
+def _written(db) -> tuple[int, ...]:
+    db.expire_all()
+    return tuple(db.scalar(select(func.count()).select_from(t))
+                 for t in (AuditEvent, DeletionRequest, ApiToken, Client, Model, Job, OutboxMessage))
+
+
 @pytest.mark.parametrize("route", sorted(RULES), ids=lambda r: f"{r[0]} {r[1]}")
-def test_route_by_role(client, route):
+def test_route_by_role(client, db, route):
     method, path = route
     if route not in _routes(client.app):
         pytest.fail(f"{method} {path} is in the table but not in the app")
@@ -107,10 +115,15 @@ def test_route_by_role(client, route):
     if rule == PUBLIC:
         assert anonymous.status_code not in (401, 403) and anonymous.status_code < 500, anonymous.text
         return
+    before = _written(db)
     assert anonymous.status_code == 401, (route, anonymous.status_code, anonymous.text)
     assert anonymous.headers["content-type"].startswith("application/problem+json")
     bad = _call(client, method, path, {"Authorization": "Bearer lethe_not-a-real-token"})
     assert bad.status_code == 401, (route, bad.text)
+    for role in sorted(ALL - set(rule)):
+        r = _call(client, method, path, client.auth(role))
+        assert r.status_code == 403, (route, role, r.status_code, r.text)
+    assert _written(db) == before, f"a refused call to {method} {path} wrote something"
     for role in sorted(ALL):
         r = _call(client, method, path, client.auth(role))
         if role in rule:
