@@ -47,7 +47,7 @@ class Principal:
     token_id: int
     name: str
     role: Role
-    client_id: int = 0
+    client_id: int
 
     @property
     def actor(self) -> str:

@@ -55,3 +55,23 @@ def test_two_clients_one_subject_one_forget_both_completed(rt):
         assert cp is not None and cp.seq == head.seq and cp.head_hash == head.hash  # the publish signed its head
         result = verify_chain(s)
         assert result.ok and result.checkpoint_seq == cp.seq
+
+
+def test_the_periodic_tick_signs_only_when_the_chain_grew(rt, settings):
+    import workers.tasks.pipeline  # noqa: F401 - registers the tasks
+    from service.audit.service import append_event
+    from workers.celery_app import make_celery
+
+    app = make_celery(settings)
+    entry = app.conf.beat_schedule["audit-checkpoint"]
+    assert entry["task"] == "audit.checkpoint" and entry["schedule"] == settings.audit.checkpoint_interval_s
+    tick = app.tasks["audit.checkpoint"]
+    assert tick() is None  # empty chain: nothing to sign
+    with rt.session_factory.begin() as s:
+        for i in range(3):
+            append_event(s, actor="t", kind="test.tick", payload={"i": i})
+    assert tick() == 3
+    assert tick() is None  # head already covered
+    with rt.session_factory() as s:
+        cp = latest_checkpoint(s)
+        assert cp.seq == 3 and verify_chain(s).ok
