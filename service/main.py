@@ -94,10 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _rekey_audit_chain(factory) -> None:
     """Once, after the upgrade to the keyed chain: re-link the old unkeyed events with the HMAC
     key (a no-op, one indexed query, on every later start)."""
-    from service.audit.service import rekey_legacy_chain
+    from service.audit.service import rekey_legacy_chain, sign_after_key_rotation
 
     with factory.begin() as session:
         n = rekey_legacy_chain(session)
+        sign_after_key_rotation(session)
     if n:
         log.warning("audit chain: %d events of the old unkeyed chain re-linked with the HMAC key", n)
 

@@ -183,6 +183,17 @@ def sign_checkpoint(session: Session, *, keys: AuditKeys | None = None, only_if_
     return cp
 
 
+def sign_after_key_rotation(session: Session, *, keys: AuditKeys | None = None) -> AuditCheckpoint | None:
+    """After the signing key changed, sign the head with the new key at once (the API's start),
+    so verification, which checks the latest checkpoint with the current public key, holds.
+    A no-op (one query) otherwise."""
+    keys = keys or audit_keys.current()
+    latest = latest_checkpoint(session)
+    if latest is None or latest.key_id == keys.signing_key_id:
+        return None
+    return sign_checkpoint(session, keys=keys)
+
+
 def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
     return session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)).scalar()
 

@@ -307,3 +307,28 @@ def test_verify_export_in_process_names_the_rewritten_head(db):
             r["hash"] = prev = legacy_hash(prev, b"x")
     res = verify_export(rows, cp, audit_keys.current().public_key)
     assert not res.ok and "rewritten" in res.reason and str(events[-1].seq) in res.reason
+
+
+def test_hmac_key_rotation_keeps_old_events_verifiable(db):
+    old = AuditKeys.from_settings(AuditSettings(hmac_key="old-hmac-key-0123456789-0123456789-abc"))
+    new = AuditKeys.from_settings(AuditSettings(hmac_key="new-hmac-key-0123456789-0123456789-abc",
+                                                hmac_previous_keys=["old-hmac-key-0123456789-0123456789-abc"]))
+    first = [append_event(db, actor="t", kind="k", payload={"i": i}, keys=old) for i in range(2)]
+    later = [append_event(db, actor="t", kind="k", payload={"i": i}, keys=new) for i in range(2)]
+    assert first[0].key_id == old.current_hmac_id != later[0].key_id == new.current_hmac_id
+    assert verify_chain(db, keys=new).ok
+    forgot = AuditKeys.from_settings(AuditSettings(hmac_key="new-hmac-key-0123456789-0123456789-abc"))
+    result = verify_chain(db, keys=forgot)
+    assert not result.ok and result.first_broken_seq == first[0].seq and "unknown HMAC key id" in result.reason
+
+
+def test_a_new_signing_key_signs_the_head_at_start(db):
+    from service.audit.service import sign_after_key_rotation
+
+    _append(db, 2)
+    sign_checkpoint(db, keys=_other_keys())  # made with the key used before the rotation
+    assert not verify_chain(db).ok
+    assert sign_after_key_rotation(db) is not None
+    assert sign_after_key_rotation(db) is None
+    result = verify_chain(db)
+    assert result.ok and result.events_after_checkpoint == 0
