@@ -21,6 +21,9 @@ log = logging.getLogger("lethe.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    from service.audit import keys as audit_keys
+
+    audit_keys.configure(settings.audit)  # fails fast on a malformed signing key
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -28,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.store = ArtifactStore(settings.storage.root)
+        _rekey_audit_chain(app.state.session_factory)
         try:
             yield
         finally:
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
 
     from service.audit.router import router as audit_router
+    from service.client.router import router as client_router
     from service.deletion_request.router import router as deletion_router
     from service.job.router import router as job_router
     from service.model_registry.router import router as registry_router
@@ -56,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(subject_router)
     app.include_router(metrics_router)
+    app.include_router(client_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -83,6 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin.state.parent = app
     app.mount("/admin", admin)
     return app
+
+
+def _rekey_audit_chain(factory) -> None:
+    """Once, after the upgrade to the keyed chain: re-link the old unkeyed events with the HMAC
+    key (a no-op, one indexed query, on every later start)."""
+    from service.audit.service import rekey_legacy_chain, sign_after_key_rotation
+
+    with factory.begin() as session:
+        n = rekey_legacy_chain(session)
+        sign_after_key_rotation(session)
+    if n:
+        log.warning("audit chain: %d events of the old unkeyed chain re-linked with the HMAC key", n)
 
 
 def _check_broker(settings: Settings) -> str:

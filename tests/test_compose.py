@@ -54,6 +54,7 @@ def test_dockerfile_installs_pinned_torch_first():
     shutil.which("docker-compose") is None, reason="no docker-compose binary to validate with"
 )
 def test_compose_config_validates():
-    env = dict(os.environ, LETHE_SECURITY__SECRET_KEY="x" * 40)
+    env = dict(os.environ, LETHE_SECURITY__SECRET_KEY="x" * 40, LETHE_AUDIT__HMAC_KEY="h" * 40,
+               LETHE_AUDIT__SIGNING_KEY="A" * 43 + "=")
     out = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr

@@ -20,6 +20,7 @@ ROUTES = {
     "pipeline.relay": {"queue": "default"},
     "pipeline.sweep": {"queue": "default"},
     "pipeline.purge": {"queue": "default"},
+    "audit.checkpoint": {"queue": "default"},
 }
 
 
@@ -45,6 +46,7 @@ def make_celery(settings: Settings) -> Celery:
             "schedule": {"task": "pipeline.schedule", "schedule": settings.pipeline.scheduler_interval_s},
             "relay": {"task": "pipeline.relay", "schedule": settings.pipeline.outbox_interval_s},
             "sweep": {"task": "pipeline.sweep", "schedule": settings.pipeline.sweeper_interval_s},
+            "audit-checkpoint": {"task": "audit.checkpoint", "schedule": settings.audit.checkpoint_interval_s},
         },
     )
     app.lethe_settings = settings

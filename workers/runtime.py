@@ -22,6 +22,9 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
+        from service.audit import keys as audit_keys
+
+        audit_keys.configure(settings.audit)  # the keys that link events and sign checkpoints
         engine = make_engine(settings.database)
         return cls(settings, engine, make_session_factory(engine), ArtifactStore(settings.storage.root))
 

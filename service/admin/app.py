@@ -42,7 +42,7 @@ from service.job import service as job_service
 from service.job.router import to_read as job_read
 from service.job.router import to_reads as job_reads
 from service.model_registry import service as registry
-from service.models import ApiToken, JobKind, JobStatus, JobStep, RequestStatus
+from service.models import ApiToken, JobKind, JobStatus, JobStep, RequestStatus, Role
 from service.models._types import utcnow
 from service.subject.service import receipt
 
@@ -340,7 +340,8 @@ def create_admin_app(settings: Settings) -> FastAPI:
             while True:
                 page = requests_service.list_requests(db, secret=secret, statuses=statuses, model=model or None,
                                                       subject_id=subject_id or None, cursor=next_cursor,
-                                                      limit=50 if limit_at is None else 200)
+                                                      limit=50 if limit_at is None else 200,
+                                                      redact=me.role is Role.auditor)
                 pages += 1
                 items += [r for r in page.items if limit_at is None or r.due_at < limit_at]
                 next_cursor = page.next_cursor
@@ -387,7 +388,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     def request_detail(request: Request, rid: uuid.UUID):
         me = need(request)
         with factory(request)() as db:
-            r = requests_service.get(db, rid)
+            r = requests_service.get(db, rid, redact=me.role is Role.auditor)  # auditors: no raw subject ids
             events = list_events(db, since=0, kind=None, key=r.subject_key, limit=500).items
             job = job_read(db, job_service.get_job(db, r.job_id)) if r.job_id else None
         timeline = [(r.created_at, "created", f"filed{f' by {r.source}' if r.source else ''}; due {r.due_at:%Y-%m-%d}", None)]

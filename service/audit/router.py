@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 
+from service.audit import keys as audit_keys
 from service.audit import repository
-from service.audit.schemas import AuditEventRead, AuditPage, ChainVerificationRead
-from service.audit.service import verify_chain
+from service.audit.schemas import AuditEventRead, AuditPage, ChainVerificationRead, CheckpointRead, PublicKeyRead
+from service.audit.service import checkpoint_dict, latest_checkpoint, verify_chain
 from service.core.db import get_session
+from service.core.errors import NotFound
 from service.core.security import Principal, require, subject_key
 from service.models import Role
 
@@ -44,4 +47,31 @@ def audit_events(
 
 @router.get("/verify", response_model=ChainVerificationRead)
 def audit_verify(session: SessionDep, _: Principal = Depends(require(Role.auditor))) -> ChainVerificationRead:
+    """Server-side verification with the HMAC key: edited, deleted, reordered events, a chain
+    truncated before the latest checkpoint, and checkpoints whose head no longer matches."""
     return ChainVerificationRead(**verify_chain(session).to_dict())
+
+
+class CheckpointNotFound(NotFound):
+    type, title = "audit-checkpoint-not-found", "No checkpoint has been signed yet"
+
+
+@router.get("/checkpoint", response_model=CheckpointRead)
+def audit_checkpoint(session: SessionDep, _: Principal = Depends(require(Role.auditor, Role.serving))) -> CheckpointRead:
+    """The latest signed checkpoint: keep a copy outside Lethe, and verify exports against it."""
+    cp = latest_checkpoint(session)
+    if cp is None:
+        raise CheckpointNotFound("No audit checkpoint has been signed yet")
+    return CheckpointRead(**checkpoint_dict(cp))
+
+
+@router.get("/public-key", response_model=PublicKeyRead)
+def audit_public_key() -> PublicKeyRead:
+    """The Ed25519 public key that checkpoints are signed with. Public: no token needed."""
+    public = audit_keys.current().public_key
+    return PublicKeyRead(
+        key_id=audit_keys.public_key_id(public),
+        algorithm=audit_keys.ALGORITHM,
+        public_key_pem=audit_keys.public_key_pem(public),
+        public_key_b64=base64.b64encode(audit_keys.raw_public(public)).decode(),
+    )

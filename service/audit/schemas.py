@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class AuditEventRead(BaseModel):
@@ -15,6 +15,7 @@ class AuditEventRead(BaseModel):
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    key_id: str | None = Field(description="Id of the HMAC key that links this event (the key is never stored)")
 
 
 class AuditPage(BaseModel):
@@ -28,3 +29,26 @@ class ChainVerificationRead(BaseModel):
     first_broken_seq: int | None
     reason: str | None
     head_hash: str | None
+    checkpoint_seq: int | None = Field(description="Seq covered by the latest signed checkpoint (null: none yet)")
+    events_after_checkpoint: int | None = Field(
+        description="Events after the latest checkpoint: protected by the HMAC only, until the next checkpoint"
+    )
+
+
+class CheckpointRead(BaseModel):
+    """Signed with Ed25519 over the canonical JSON ``{"at","head","key_id","seq"}`` (sorted keys,
+    no spaces); ``signature`` is base64."""
+
+    seq: int
+    head: str
+    at: str
+    key_id: str
+    signature: str
+    algorithm: str
+
+
+class PublicKeyRead(BaseModel):
+    key_id: str
+    algorithm: str
+    public_key_pem: str
+    public_key_b64: str

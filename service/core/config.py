@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me-development-only"
+PLACEHOLDER_AUDIT_HMAC_KEY = "change-me-audit-hmac-development-only"
 
 
 class Environment(StrEnum):
@@ -43,6 +44,26 @@ class SecuritySettings(BaseModel):
     # Server secret: the HMAC key of subject keys and the dashboard's cookie signer.
     secret_key: str = PLACEHOLDER_SECRET
     session_max_age_s: int = 8 * 3600
+    # A token lookup is cached per process this long: a revoked token stops working within it
+    # (at once in the process that revoked it).
+    token_cache_ttl_s: float = Field(default=10.0, ge=0.0, le=300.0)
+
+
+class AuditSettings(BaseModel):
+    """Keys of the audit chain (DESIGN §10). None of them is ever written to the database.
+
+    * ``hmac_key``: the chain's link is HMAC-SHA256 with this key. ``hmac_previous_keys``: keys
+      used before a rotation, still needed to verify older events. Each event stores the key's
+      id (a fingerprint derived from the key), never the key.
+    * ``signing_key``: Ed25519 private key (base64 of the 32-byte seed, or a PEM PKCS#8 block)
+      that signs checkpoints. Empty means the well-known development key (refused in production).
+    * ``checkpoint_interval_s``: the periodic checkpoint tick (beat); every publish signs one too.
+    """
+
+    hmac_key: str = PLACEHOLDER_AUDIT_HMAC_KEY
+    hmac_previous_keys: list[str] = Field(default_factory=list)
+    signing_key: str = ""
+    checkpoint_interval_s: float = Field(default=300.0, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -50,6 +71,8 @@ class ApiSettings(BaseModel):
     page_size_default: int = 50
     page_size_max: int = 500
     long_poll_max_s: int = 60
+    # /metrics answers without a token only when this is true.
+    public_metrics: bool = False
 
 
 class PipelineSettings(BaseModel):
@@ -116,6 +139,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     architectures: ArchitectureSettings = Field(default_factory=ArchitectureSettings)
@@ -130,6 +154,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "LETHE_SECURITY__SECRET_KEY must be set to a random value of at least "
                     "32 characters in production"
+                )
+            hmac_key = self.audit.hmac_key
+            if hmac_key == PLACEHOLDER_AUDIT_HMAC_KEY or len(hmac_key) < 32:
+                raise ValueError(
+                    "LETHE_AUDIT__HMAC_KEY must be set to a random value of at least 32 characters in production"
+                )
+            if not self.audit.signing_key.strip():
+                raise ValueError(
+                    "LETHE_AUDIT__SIGNING_KEY must be set in production (base64 of a 32-byte Ed25519 seed, "
+                    "or a PEM private key); the development key is public"
                 )
         return self
 

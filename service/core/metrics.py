@@ -3,13 +3,14 @@ the only source of truth), counters and histograms are kept in-process."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Job, Model, ModelVersion
+from service.core.security import authenticate, require
+from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Job, Model, ModelVersion, Role
 from service.models._types import utcnow
 
 router = APIRouter(tags=["health"])
@@ -85,7 +86,18 @@ def _aware(dt):
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-@router.get("/metrics")
+_may_scrape = require(Role.operator, Role.auditor)
+
+
+def metrics_access(request: Request) -> None:
+    """``/metrics`` needs an operator, auditor or admin token unless ``api.public_metrics``."""
+    if request.app.state.settings.api.public_metrics:
+        return
+    with request.app.state.session_factory() as session:
+        _may_scrape(authenticate(request, session))
+
+
+@router.get("/metrics", dependencies=[Depends(metrics_access)])
 def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(request.app.state.session_factory))

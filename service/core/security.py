@@ -3,6 +3,11 @@
 Tokens are 256 random bits, so a single sha256 is a sufficient one-way hash (no slow KDF
 needed for high-entropy secrets). Subject keys are HMAC-SHA256(server secret, subject_id):
 the only form of a subject id that outlives its deletion request, and the only one in logs.
+
+Every token belongs to a *client* (DESIGN §10); what a requester files belongs to its client,
+so a token can be rotated or revoked without orphaning anything. Lookups are cached per process
+for ``security.token_cache_ttl_s`` (default 10 s): a revoked token stops working within that
+time everywhere, and at once in the process that revoked it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_session
 from service.core.errors import Forbidden, Unauthenticated
-from service.models import ApiToken, Role
+from service.models import ApiToken, Client, Role
+from service.models._types import utcnow
 
 TOKEN_PREFIX = "lethe_"
 
@@ -41,29 +47,63 @@ class Principal:
     token_id: int
     name: str
     role: Role
+    client_id: int
 
     @property
     def actor(self) -> str:
         return f"token:{self.token_id}:{self.name}"
 
+    @property
+    def sees_everything(self) -> bool:
+        """Only a requester is confined to its own client's requests."""
+        return self.role is not Role.requester
 
-def create_token(session: Session, role: Role, name: str) -> tuple[ApiToken, str]:
+
+def client_named(session: Session, name: str, *, create: bool) -> Client | None:
+    row = session.execute(select(Client).where(Client.name == name)).scalar()
+    if row is None and create:
+        row = Client(name=name)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def create_token(session: Session, role: Role, name: str, *, client_id: int | None = None) -> tuple[ApiToken, str]:
+    """A new token for ``client_id``; without one, the token joins the client named ``name``
+    (created when missing), so two tokens made with the same name share their requests."""
+    if client_id is None:
+        client = client_named(session, name, create=True)
+        assert client is not None
+        client_id = client.id
     token = new_token()
-    row = ApiToken(name=name, role=role.value, token_hash=hash_token(token), prefix=token[:12])
+    row = ApiToken(name=name, role=role.value, token_hash=hash_token(token), prefix=token[:12], client_id=client_id)
     session.add(row)
     session.flush()
     return row, token
 
 
+def revoke_token(session: Session, token_id: int) -> ApiToken | None:
+    """Mark a token revoked (idempotent: the first revocation time is kept) and drop it from this
+    process's cache. ``None`` when there is no such token. The caller appends the audit event."""
+    row = session.get(ApiToken, token_id, with_for_update=True)
+    if row is None:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    forget_token(token_id)
+    return row
+
+
 def principal_for_token(session: Session, token: str) -> Principal | None:
     row = session.execute(
-        select(ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.revoked_at).where(
+        select(ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.revoked_at, ApiToken.client_id).where(
             ApiToken.token_hash == hash_token(token)
         )
     ).first()
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(token_id=row.id, name=row.name, role=Role(row.role))
+    return Principal(token_id=row.id, name=row.name, role=Role(row.role), client_id=row.client_id)
 
 
 def _bearer(request: Request) -> str:
@@ -76,7 +116,7 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
-_CACHE_TTL_S = 10.0
+DEFAULT_CACHE_TTL_S = 10.0
 _cache: dict[str, tuple[Principal, float]] = {}
 
 
@@ -84,9 +124,21 @@ def clear_token_cache() -> None:
     _cache.clear()
 
 
+def forget_token(token_id: int) -> None:
+    """Drop a token's cached lookups in this process (revocation takes effect here at once)."""
+    for digest, (principal, _) in list(_cache.items()):
+        if principal.token_id == token_id:
+            _cache.pop(digest, None)
+
+
+def _ttl(request: Request) -> float:
+    settings = getattr(request.app.state, "settings", None)
+    return settings.security.token_cache_ttl_s if settings is not None else DEFAULT_CACHE_TTL_S
+
+
 def authenticate(request: Request, session: Session = Depends(get_session, scope="function")) -> Principal:
-    """Resolve the bearer token. Lookups are cached in-process for 10 s (a revoked token
-    stops working within that time); unknown tokens are never cached."""
+    """Resolve the bearer token. Lookups are cached in-process for ``security.token_cache_ttl_s``
+    (a revoked token stops working within that time); unknown tokens are never cached."""
     token = _bearer(request)
     digest = hash_token(token)
     now = time.monotonic()
@@ -96,9 +148,11 @@ def authenticate(request: Request, session: Session = Depends(get_session, scope
     principal = principal_for_token(session, token)
     if principal is None:
         raise Unauthenticated("Unknown or revoked token")
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[digest] = (principal, now + _CACHE_TTL_S)
+    ttl = _ttl(request)
+    if ttl > 0:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest] = (principal, now + ttl)
     return principal
 
 

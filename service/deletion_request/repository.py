@@ -57,10 +57,11 @@ def try_insert(session: Session, values: dict[str, Any]) -> bool:
 # DO NOTHING waits for a concurrent insert of the same key to commit or abort, exactly as a
 # plain INSERT in a SAVEPOINT would, so the database still settles every race.
 _FAST_INSERT = """
-INSERT INTO deletion_requests (id, subject_id, subject_key, model_id, idempotency_key, open_key, status,
+INSERT INTO deletion_requests (id, subject_id, subject_key, model_id, client_id, idempotency_key, open_key, status,
     reason, source, created_at, due_at, approved_by, approved_at, attempts, updated_at)
-SELECT CAST(:id AS uuid), CAST(:subject_id AS text), CAST(:subject_key AS text), p.id,
-    CAST(:idempotency_key AS text), CAST(:subject_key AS text) || ':' || coalesce(p.id::text, '*'),
+SELECT CAST(:id AS uuid), CAST(:subject_id AS text), CAST(:subject_key AS text), p.id, CAST(:client_id AS integer),
+    CAST(:idempotency_key AS text),
+    CAST(:subject_key AS text) || ':' || coalesce(p.id::text, '*') || CAST(:open_suffix AS text),
     CASE WHEN p.auto_approve THEN 'queued' ELSE 'awaiting_approval' END,
     CAST(:reason AS text), CAST(:source AS text), CAST(:now AS timestamptz),
     CAST(:now AS timestamptz) + make_interval(days => p.sla_days),
@@ -160,8 +161,11 @@ def read_page(
     subject_key: str | None,
     position: CursorPosition | None,
     limit: int,
+    client_id: int | None = None,
 ) -> list[tuple[DeletionRequest, str | None, int | None]]:
     stmt = _read_query()
+    if client_id is not None:
+        stmt = stmt.where(DeletionRequest.client_id == client_id)
     if statuses:
         stmt = stmt.where(DeletionRequest.status.in_(list(statuses)))
     if model_id is not None:

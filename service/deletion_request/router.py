@@ -43,7 +43,18 @@ def _secret(request: Request) -> str:
     return request.app.state.settings.security.secret_key
 
 
-_may_file = require(Role.requester, Role.operator)
+_may_file = require(Role.requester)
+# Readers of requests. A requester reads only its client's; an auditor reads no raw subject id.
+_may_read = require(Role.requester, Role.operator, Role.auditor)
+
+
+def _owner(principal: Principal) -> int | None:
+    """The client whose requests ``principal`` is confined to (``None``: every request)."""
+    return None if principal.sees_everything else principal.client_id
+
+
+def _redact(principal: Principal) -> bool:
+    return principal.role is Role.auditor
 
 # At most this many creates run their database work at once per process; the others wait on
 # the event loop (cheaply). Profiling under load (bench/api_intake.py) showed that letting the
@@ -73,7 +84,8 @@ def _create_in_one_transaction(
         bind = session.get_bind()
         engine = bind if isinstance(bind, Engine) and bind.dialect.name == "postgresql" else None
         result = service.create_request(
-            session, secret=_secret(request), data=body, idempotency_key=idempotency_key, autocommit_engine=engine
+            session, secret=_secret(request), data=body, idempotency_key=idempotency_key, autocommit_engine=engine,
+            client_id=principal.client_id,
         )
         session.commit()
         return result
@@ -86,7 +98,7 @@ def _create_in_one_transaction(
     responses={
         200: {"description": "Idempotent replay, or merged with the open request", "model": DeletionRequestRead},
         401: {"description": "Missing or unknown bearer token"},
-        403: {"description": "The token's role may not file requests (requester, operator, admin may)"},
+        403: {"description": "The token's role may not file requests (requester and admin may)"},
     },
 )
 async def create_deletion_request(
@@ -96,9 +108,9 @@ async def create_deletion_request(
     body: DeletionRequestCreate,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestRead:
-    """File a deletion request (roles requester, operator). ``202`` for a new one; ``200`` with
-    the existing request for an idempotent replay or when an open request for the same subject
-    and model exists.
+    """File a deletion request (roles requester, admin); it belongs to the token's client.
+    ``202`` for a new one; ``200`` with the existing request for an idempotent replay (keys are
+    per client) or when the same client has an open request for the same subject and model.
 
     The hot path (DESIGN §9 asks for >= 1,000/s on 2 cores). The usual ``get_session`` +
     ``require`` dependencies cost four thread-pool hops per request (session enter, token,
@@ -121,7 +133,7 @@ async def create_deletion_request(
 def list_deletion_requests(
     request: Request,
     session: SessionDep,
-    _principal: Annotated[Principal, Depends(require(Role.requester, Role.operator, Role.auditor))],
+    principal: Annotated[Principal, Depends(_may_read)],
     status: Annotated[list[RequestStatus] | None, Query(description="Repeat to match several")] = None,
     model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     subject_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
@@ -137,6 +149,8 @@ def list_deletion_requests(
         subject_id=subject_id,
         cursor=cursor,
         limit=min(limit or api.page_size_default, api.page_size_max),
+        owner=_owner(principal),
+        redact=_redact(principal),
     )
 
 
@@ -144,18 +158,20 @@ def list_deletion_requests(
 def get_deletion_request(
     request_id: uuid.UUID,
     session: SessionDep,
-    _principal: Annotated[Principal, Depends(require(Role.requester, Role.operator, Role.auditor))],
+    principal: Annotated[Principal, Depends(_may_read)],
 ) -> DeletionRequestRead:
-    return service.get(session, request_id)
+    """A requester reads only its client's requests (another client's id is ``404``)."""
+    return service.get(session, request_id, owner=_owner(principal), redact=_redact(principal))
 
 
 @router.post("/{request_id}/cancel", response_model=DeletionRequestRead)
 def cancel_deletion_request(
     request_id: uuid.UUID,
     session: SessionDep,
-    principal: Annotated[Principal, Depends(require(Role.requester, Role.operator))],
+    principal: Annotated[Principal, Depends(_may_file)],
 ) -> DeletionRequestRead:
-    return service.transition(session, request_id, "cancel", actor=principal.actor)
+    """Requesters cancel their client's requests (another client's id is ``404``); admins any."""
+    return service.transition(session, request_id, "cancel", actor=principal.actor, owner=_owner(principal))
 
 
 @router.post("/{request_id}/approve", response_model=DeletionRequestRead)

@@ -42,6 +42,7 @@ class DeletionRequestRead(BaseModel):
     subject_id: str | None = Field(description="The raw id; null once the request is closed")
     subject_key: str
     model: str | None
+    client_id: int | None = Field(default=None, description="The client that filed it (its owner)")
     status: RequestStatus
     reason: str | None
     source: str | None

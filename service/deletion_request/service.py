@@ -3,12 +3,22 @@
 The HTTP router and the admin dashboard call these functions with a Session; they never
 commit (the boundary does), they ``flush()``.
 
+Ownership (DESIGN §10)
+  * A request belongs to the *client* of the token that filed it (``client_id``). A requester
+    reads and cancels only its client's requests: another client's request is ``404``, exactly
+    like a request that does not exist. Other roles see every request; an auditor sees no raw
+    subject id (``subject_id`` is null in what it reads).
+
 Intake
-  * One open request per (subject, model): ``open_key = "<subject_key>:<model_id or *>"`` is
-    unique while the request is open (received/awaiting_approval/queued/processing) and NULL
-    otherwise. A second request for the same pair is *merged*: the caller gets the open one.
+  * One open request per (subject, model, client): ``open_key =
+    "<subject_key>:<model_id or *>:<client_id or ->"`` is unique while the request is open
+    (received/awaiting_approval/queued/processing) and NULL otherwise. A second request of the
+    same client for the same pair is *merged*: the caller gets the open one. Two clients filing
+    for one subject each get their own request; the forget job collects the subject once and
+    completes both.
   * ``Idempotency-Key``: a replay with the same body returns the request the key created; the
-    same key with a different body is a ``422`` problem. The key is unique in the table.
+    same key with a different body is a ``422`` problem. Keys are scoped per client (stored as
+    ``"<client_id>:<key>"``), so two clients can never see each other's requests through one.
   * The insert runs in a SAVEPOINT; a unique violation (a concurrent or earlier request won)
     falls back to reading the winner, so races are settled by the database, never by Python.
   * No audit event on intake: the row itself (with ``created_at``) is the record, and the hot
@@ -72,8 +82,16 @@ class OpenRequestExists(Conflict):
 # ----------------------------------------------------------------------------- reading
 
 
-def open_key_for(subject_key: str, model_id: int | None) -> str:
-    return f"{subject_key}:{'*' if model_id is None else model_id}"
+def open_key_for(subject_key: str, model_id: int | None, client_id: int | None = None) -> str:
+    return f"{subject_key}:{'*' if model_id is None else model_id}:{_client_part(client_id)}"
+
+
+def _client_part(client_id: int | None) -> str:
+    return "-" if client_id is None else str(client_id)
+
+
+def scoped_idempotency_key(key: str | None, client_id: int | None) -> str | None:
+    return None if key is None else f"{_client_part(client_id)}:{key}"
 
 
 def _utc(at: datetime | None) -> datetime | None:
@@ -81,14 +99,18 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
-def to_read(row: DeletionRequest, model_name: str | None, clean_version: int | None, now: datetime) -> DeletionRequestRead:
+def to_read(
+    row: DeletionRequest, model_name: str | None, clean_version: int | None, now: datetime, *, redact: bool = False
+) -> DeletionRequestRead:
+    """``redact``: leave out the raw subject id (what an auditor reads)."""
     due_at = _utc(row.due_at)
     days_left = (due_at - now).total_seconds() / _SECONDS_PER_DAY
     return DeletionRequestRead(
         id=row.id,
-        subject_id=row.subject_id,
+        subject_id=None if redact else row.subject_id,
         subject_key=row.subject_key,
         model=model_name,
+        client_id=row.client_id,
         status=RequestStatus(row.status),
         reason=row.reason,
         source=row.source,
@@ -108,11 +130,15 @@ def to_read(row: DeletionRequest, model_name: str | None, clean_version: int | N
     )
 
 
-def get(session: Session, request_id: uuid.UUID) -> DeletionRequestRead:
+def get(
+    session: Session, request_id: uuid.UUID, *, owner: int | None = None, redact: bool = False
+) -> DeletionRequestRead:
+    """``owner``: only a request of this client is found (a requester's view); another
+    client's request is the same ``404`` as a missing one."""
     found = repo.read_one(session, request_id)
-    if found is None:
+    if found is None or (owner is not None and found[0].client_id != owner):
         raise DeletionRequestNotFound(f"No deletion request with id {request_id}")
-    return to_read(*found, utcnow())
+    return to_read(*found, utcnow(), redact=redact)
 
 
 def list_requests(
@@ -124,9 +150,12 @@ def list_requests(
     subject_id: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    owner: int | None = None,
+    redact: bool = False,
 ) -> DeletionRequestPage:
     """Newest first, keyset-paginated. ``subject_id`` is matched through its subject key, so
-    closed requests (whose raw id is gone) are found too."""
+    closed requests (whose raw id is gone) are found too. ``owner``: only this client's
+    requests; ``redact``: no raw subject ids in the items."""
     position = decode_cursor(cursor, secret=secret, scope=CURSOR_SCOPE) if cursor is not None else None
     model_id = None
     if model is not None:
@@ -140,11 +169,12 @@ def list_requests(
         subject_key=make_subject_key(secret, subject_id) if subject_id is not None else None,
         position=position,
         limit=limit,
+        client_id=owner,
     )
     page, last = split_page(rows, limit, lambda r: (r[0].created_at, r[0].id))
     now = utcnow()
     return DeletionRequestPage(
-        items=[to_read(*r, now) for r in page],
+        items=[to_read(*r, now, redact=redact) for r in page],
         next_cursor=encode_cursor(*last, secret=secret, scope=CURSOR_SCOPE) if last else None,
     )
 
@@ -191,6 +221,7 @@ def create_request(
     data: DeletionRequestCreate,
     idempotency_key: str | None = None,
     autocommit_engine: Engine | None = None,
+    client_id: int | None = None,
 ) -> CreateResult:
     """File a request, or return the one it replays or merges with. Raises
     :class:`ModelNotFound` and :class:`IdempotencyKeyReused`; writes nothing then.
@@ -198,15 +229,17 @@ def create_request(
     On PostgreSQL a new request is one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` statement.
     With ``autocommit_engine`` (the hot HTTP path) that statement runs as a transaction of its
     own on a connection of that engine, committed when it returns; otherwise in ``session``'s
-    transaction. Replays, merges and unknown models take the portable path in ``session``."""
+    transaction. Replays, merges and unknown models take the portable path in ``session``.
+    ``client_id``: the owner; merges and idempotency keys are scoped to it."""
     sk = make_subject_key(secret, data.subject_id)
+    idempotency_key = scoped_idempotency_key(idempotency_key, client_id)
     if autocommit_engine is not None or repo.supports_single_statement_insert(session):
-        fast = _create_in_one_statement(session, sk, data, idempotency_key, autocommit_engine)
+        fast = _create_in_one_statement(session, sk, data, idempotency_key, autocommit_engine, client_id)
         if fast is not None:
             return fast
     # The portable path, and the slow path after a conflict or for an unknown model.
     model_id, model_name, auto, sla_days = _policy(session, data.model)
-    open_key = open_key_for(sk, model_id)
+    open_key = open_key_for(sk, model_id, client_id)
     now = utcnow()
     status = RequestStatus.queued if auto else RequestStatus.awaiting_approval
     values: dict[str, Any] = {
@@ -214,6 +247,7 @@ def create_request(
         "subject_id": data.subject_id,
         "subject_key": sk,
         "model_id": model_id,
+        "client_id": client_id,
         "idempotency_key": idempotency_key,
         "open_key": open_key,
         "status": status.value,
@@ -254,12 +288,15 @@ def _create_in_one_statement(
     data: DeletionRequestCreate,
     idempotency_key: str | None,
     autocommit_engine: Engine | None,
+    client_id: int | None,
 ) -> CreateResult | None:
     now = utcnow()
     values: dict[str, Any] = {
         "id": uuid.uuid4(),
         "subject_id": data.subject_id,
         "subject_key": sk,
+        "client_id": client_id,
+        "open_suffix": ":" + _client_part(client_id),
         "idempotency_key": idempotency_key,
         "reason": data.reason,
         "source": data.source,
@@ -277,6 +314,7 @@ def _create_in_one_statement(
         subject_id=data.subject_id,
         subject_key=sk,
         model_id=got["model_id"],
+        client_id=client_id,
         idempotency_key=idempotency_key,
         open_key=got["open_key"],
         status=got["status"],
@@ -319,12 +357,14 @@ def transition(
     *,
     actor: str,
     reason: str | None = None,
+    owner: int | None = None,
 ) -> DeletionRequestRead:
     """Apply an operator/requester action under a row lock. An action not allowed from the
-    current status raises :class:`IllegalTransition` naming ``current_status``."""
+    current status raises :class:`IllegalTransition` naming ``current_status``. ``owner``:
+    only a request of this client is found (another client's is ``404``; nothing is written)."""
     allowed_from, target, kind = TRANSITIONS[action]
     row = repo.lock(session, request_id)
-    if row is None:
+    if row is None or (owner is not None and row.client_id != owner):
         raise DeletionRequestNotFound(f"No deletion request with id {request_id}")
     current = RequestStatus(row.status)
     if current not in allowed_from:
@@ -350,7 +390,7 @@ def transition(
         payload["previous_attempts"] = row.attempts
         # Re-take the open key first (a retry is the only way back into an open status): if a
         # newer open request for the pair holds it, that one supersedes this request.
-        wanted = open_key_for(row.subject_key, row.model_id)
+        wanted = open_key_for(row.subject_key, row.model_id, row.client_id)
         if not repo.try_take_open_key(session, row.id, wanted):
             holder = repo.by_open_key(session, wanted)
             raise OpenRequestExists(
@@ -367,7 +407,7 @@ def transition(
         row.open_key = None
         row.subject_id = None
     elif target in OPEN_REQUEST_STATUSES:
-        row.open_key = open_key_for(row.subject_key, row.model_id)
+        row.open_key = open_key_for(row.subject_key, row.model_id, row.client_id)
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
     return _read_row(session, row)

@@ -34,14 +34,19 @@ from service.models import Role
 
 router = APIRouter(tags=["models"])
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# Roles (DESIGN §10): model metadata is readable by every role (a requester names models in
+# its requests); manifests by serving, operators and auditors; weights by serving only; only
+# admins register models and ingest samples; operators move aliases (promote).
 _read = require(Role.operator, Role.serving, Role.auditor, Role.requester)
 _serve = require(Role.serving, Role.operator, Role.auditor)
+_weights = require(Role.serving)
+_admin = require()
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 @router.post("/v1/models", response_model=ModelRead, status_code=201)
 def register_model(body: ModelCreate, request: Request, response: Response, session: SessionDep,
-                   who: Principal = Depends(require(Role.operator))) -> ModelRead:
+                   who: Principal = Depends(_admin)) -> ModelRead:
     model = service.register(session, body, who.actor, request.app.state.settings)
     response.headers["Location"] = f"/v1/models/{model.name}"
     return service.to_read(session, model)
@@ -74,7 +79,7 @@ async def ingest_samples(
     request: Request,
     format: str | None = None,
     consent_renewed_at: datetime | None = None,
-    who: Principal = Depends(require(Role.operator)),
+    who: Principal = Depends(_admin),
 ) -> IngestResult:
     """Ingest samples (operator). The body format follows ``Content-Type`` (else ``415``):
 
@@ -201,7 +206,7 @@ async def get_version(
 @router.get("/v1/models/{name}/versions/{ref}/weights")
 def get_weights(name: str, ref: str, request: Request, session: SessionDep,
                 range_: str | None = Header(None, alias="range"), if_none_match: str | None = Header(None),
-                _: Principal = Depends(_serve)) -> Response:
+                _: Principal = Depends(_weights)) -> Response:
     model = service.get_model(session, name)
     v = service.live_or_gone(service.resolve_version(session, model, ref), model)
     etag = f'"{v.sha256}"'

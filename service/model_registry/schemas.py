@@ -152,6 +152,9 @@ class VersionManifest(BaseModel):
     revoked_at: datetime | None
     aliases: list[str]
     weights_url: str
+    audit_checkpoint: dict[str, Any] | None = Field(
+        default=None, description="The latest signed audit checkpoint (seq, head, at, key_id, signature)"
+    )
 
 
 class VersionPage(BaseModel):

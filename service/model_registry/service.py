@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audit.service import append_event
+from service.audit.service import append_event, checkpoint_dict, latest_checkpoint
 from service.core.config import Settings, get_settings
 from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, SubjectTombstoned
 from service.core.pagination import decode_cursor, encode_cursor, split_page
@@ -243,6 +243,9 @@ def manifest_with_etag(session: Session, model: Model, v: ModelVersion) -> tuple
 
 
 def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, aliases: list[str]) -> VersionManifest:
+    """Also carries the latest signed audit checkpoint, so a server that keeps manifests keeps
+    checkpoints to verify an exported audit log against (DESIGN §10)."""
+    cp = latest_checkpoint(session)
     return VersionManifest(
         model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
         parent=repo.version_number(session, v.parent_id), created_at=_aware(v.created_at),
@@ -251,6 +254,7 @@ def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, alias
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
         state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
         weights_url=f"/v1/models/{model.name}/versions/{v.number}/weights",
+        audit_checkpoint=checkpoint_dict(cp) if cp is not None else None,
     )
 
 

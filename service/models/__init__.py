@@ -3,7 +3,9 @@
 from service.core.db import Base
 from service.models.alias import AliasEvent, ModelAlias
 from service.models.api_token import ApiToken
+from service.models.audit_checkpoint import AuditCheckpoint
 from service.models.audit_event import AuditEvent
+from service.models.client import Client
 from service.models.deletion_request import DeletionRequest
 from service.models.enums import (
     ACTIVE_JOB_STATUSES,
@@ -28,8 +30,10 @@ __all__ = [
     "OPEN_REQUEST_STATUSES",
     "AliasEvent",
     "ApiToken",
+    "AuditCheckpoint",
     "AuditEvent",
     "Base",
+    "Client",
     "DeletionRequest",
     "Job",
     "JobKind",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Integer, String
+from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.core.db import Base
@@ -10,7 +10,8 @@ from service.models._types import TZDateTime, utcnow
 
 
 class ApiToken(Base):
-    """A bearer token, stored as sha256 of the secret (tokens are 256-bit random)."""
+    """A bearer token, stored as sha256 of the secret (tokens are 256-bit random). Every token
+    belongs to a client; what a requester files belongs to the client, not to the token."""
 
     __tablename__ = "api_tokens"
 
@@ -19,5 +20,6 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

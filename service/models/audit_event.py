@@ -11,7 +11,9 @@ from service.models._types import BigIntPK, JSONType, TZDateTime, utcnow
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained: hash = sha256(prev_hash || canonical JSON of the event)."""
+    """Append-only, hash-chained: hash = HMAC-SHA256(key[key_id], prev_hash || canonical JSON of
+    the event). ``key_id`` names the HMAC key (the key itself is only in settings); NULL marks an
+    event of the old unkeyed sha256 chain, re-linked once at startup."""
 
     __tablename__ = "audit_events"
 
@@ -23,3 +25,4 @@ class AuditEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -16,8 +16,10 @@ class DeletionRequest(Base):
 
     ``subject_id`` (the raw id, personal data) is kept only while the request is open and is
     cleared when it reaches a final status; ``subject_key`` (HMAC) stays.
-    ``open_key`` is ``"<subject_key>:<model_id or *>"`` while the request is open and NULL
-    afterwards: its unique index makes "one open request per (subject, model)" a database fact.
+    ``open_key`` is ``"<subject_key>:<model_id or *>:<client_id>"`` while the request is open and
+    NULL afterwards: its unique index makes "one open request per (subject, model, client)" a
+    database fact. ``client_id`` is the owner (NULL only for requests filed before clients existed);
+    ``idempotency_key`` is stored as ``"<client_id>:<key>"`` so keys are scoped per client.
     """
 
     __tablename__ = "deletion_requests"
@@ -30,7 +32,8 @@ class DeletionRequest(Base):
     subject_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     subject_key: Mapped[str] = mapped_column(String(64), index=True)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), nullable=True, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(220), unique=True, nullable=True)
     open_key: Mapped[str | None] = mapped_column(String(100), unique=True, nullable=True)
     status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -43,7 +43,8 @@ def test_importing_the_api_does_not_import_torch():
 def test_production_refuses_placeholder_secret():
     with pytest.raises(ValidationError, match="SECRET_KEY"):
         Settings(environment="production")
-    ok = Settings(environment="production", security={"secret_key": "x" * 40})
+    audit = {"hmac_key": "h" * 40, "signing_key": "A" * 43 + "="}  # base64 of 32 zero bytes
+    ok = Settings(environment="production", security={"secret_key": "x" * 40}, audit=audit)
     assert ok.security.secret_key == "x" * 40
 
 
@@ -68,7 +69,7 @@ def test_metrics_report_requests_versions_and_bounds(client, db):
     db.add(DeletionRequest(id=uuid.uuid4(), subject_key="k" * 64, status="queued", created_at=now - timedelta(seconds=90), due_at=now, attempts=0))
     db.add(ModelVersion(model_id=m.id, number=1, sha256="0" * 64, size_bytes=1, bound={"kl_nats": 2.5e-7}, metrics={"eval_accuracy": 0.9}))
     db.flush()
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=client.auth("operator")).text
     assert 'lethe_deletion_requests{status="queued"} 1.0' in text
     assert 'lethe_last_bound_kl_nats{model="mm"} 2.5e-07' in text
     age = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("lethe_queue_oldest_age_seconds")))

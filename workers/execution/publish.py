@@ -22,7 +22,7 @@ import uuid
 
 from sqlalchemy import delete, func, select
 
-from service.audit.service import append_event
+from service.audit.service import append_event, sign_checkpoint
 from service.core.jobs import QUEUE_DEFAULT, enqueue
 from service.job import repository as job_repo
 from service.job import service as job_service
@@ -171,6 +171,7 @@ def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVers
         for v in to_revoke.values():
             append_event(session, actor=PUBLISHER, kind="version.revoked",
                          payload={"model": model.name, "number": v.number, "superseded_by": number, "job_id": str(job.id)})
+        sign_checkpoint(session)  # every publish signs the chain's head (DESIGN §10)
 
         job.status = JobStatus.succeeded.value
         job.active_key = None

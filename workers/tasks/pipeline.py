@@ -7,6 +7,7 @@
 | ``pipeline.relay`` | default | ``workers.relay.relay_outbox(session_factory, send)`` |
 | ``pipeline.sweep`` | default | ``workers.execution.sweeper.sweep(rt)``         |
 | ``pipeline.purge`` | default | ``workers.execution.purge.purge_model(rt, model_id)`` |
+| ``audit.checkpoint`` | default | ``service.audit.service.sign_checkpoint(session, only_if_new=True)`` |
 
 The functions take a :class:`workers.runtime.Runtime` (settings, engine, session factory, artifact
 store) and re-read the database; results are ignored (the database is the truth). ``job.run``
@@ -60,6 +61,17 @@ def sweep_task(self) -> dict:
     out = sweep(runtime_for(self.app))
     relay(self.app)
     return out
+
+
+@shared_task(name="audit.checkpoint", bind=True)
+def audit_checkpoint_task(self) -> int | None:
+    """The periodic tick: sign the chain's head when events were added since the last checkpoint."""
+    from service.audit.service import sign_checkpoint
+
+    rt = runtime_for(self.app)
+    with rt.session_factory.begin() as session:
+        cp = sign_checkpoint(session, only_if_new=True)
+        return None if cp is None else int(cp.seq)
 
 
 @shared_task(name="pipeline.purge", bind=True, acks_late=True)

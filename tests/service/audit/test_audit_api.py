@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, text
 
-from service.audit.service import append_event, canonical, chain_hash
+from service.audit import keys as audit_keys
+from service.audit.service import append_event, canonical, legacy_hash
 from service.core.security import subject_key
 from service.models import AuditEvent
 
@@ -82,7 +83,8 @@ def test_verify_reports_the_head(client, db):
     events = _append(db, 4)
     after = _verify(client)
     assert after == {"ok": True, "events": before["events"] + 4, "first_broken_seq": None, "reason": None,
-                     "head_hash": events[-1].hash}
+                     "head_hash": events[-1].hash, "checkpoint_seq": before["checkpoint_seq"],
+                     "events_after_checkpoint": before["events_after_checkpoint"] + 4}
 
 
 @pytest.mark.parametrize(
@@ -104,11 +106,24 @@ def test_tampering_with_a_middle_event_names_its_seq(client, db, assignment):
     assert "content" in v["reason"] and v["head_hash"] is None
 
 
-def test_rewriting_an_event_with_its_own_hash_breaks_the_next_link(client, db):
+def test_a_database_writer_without_the_key_cannot_rehash_an_event(client, db):
+    """The old attack (recompute sha256 over the edited event) no longer yields a valid link."""
     events = _append(db, 5)
     ev = events[2]
     forged = {"i": 2, "x": 0.0, "nested": {"list": []}}
-    new_hash = chain_hash(ev.prev_hash, canonical(ev.seq, ev.at, ev.actor, ev.kind, ev.subject_key, forged))
+    new_hash = legacy_hash(ev.prev_hash, canonical(ev.seq, ev.at, ev.actor, ev.kind, ev.subject_key, forged, ev.key_id))
+    db.execute(text("UPDATE audit_events SET payload = CAST(:p AS jsonb), hash = :h WHERE seq = :s"),
+               {"p": '{"i": 2, "x": 0.0, "nested": {"list": []}}', "h": new_hash, "s": ev.seq})
+    v = _verify(client)
+    assert v["ok"] is False and v["first_broken_seq"] == ev.seq and "content" in v["reason"]
+
+
+def test_rewriting_an_event_with_the_key_still_breaks_the_next_link(client, db):
+    events = _append(db, 5)
+    ev = events[2]
+    forged = {"i": 2, "x": 0.0, "nested": {"list": []}}
+    keys = audit_keys.current()
+    new_hash = keys.link(ev.key_id, ev.prev_hash, canonical(ev.seq, ev.at, ev.actor, ev.kind, ev.subject_key, forged, ev.key_id))
     db.execute(text("UPDATE audit_events SET payload = CAST(:p AS jsonb), hash = :h WHERE seq = :s"),
                {"p": '{"i": 2, "x": 0.0, "nested": {"list": []}}', "h": new_hash, "s": ev.seq})
     v = _verify(client)

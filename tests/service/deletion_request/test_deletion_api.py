@@ -152,7 +152,7 @@ def test_cancel_from_queued_and_then_illegal(client, db, make_model, counts):
     row = _row(db, r.json()["id"])
     assert row.subject_id is None and row.open_key is None
     before = counts()
-    again = client.post(loc + "/cancel", headers=client.auth("operator"))
+    again = client.post(loc + "/cancel", headers=client.auth("admin"))
     assert again.status_code == 409
     assert again.json()["type"].endswith("/illegal-transition")
     assert again.json()["current_status"] == "cancelled"
@@ -171,7 +171,7 @@ def test_retry_requeues_a_failed_request(client, db, make_model, skey):
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "queued" and r.json()["error"] is None and r.json()["attempts"] == 0
     row = _row(db, rid)
-    assert row.open_key == f"{skey('jack')}:{row.model_id}"
+    assert row.open_key == f"{skey('jack')}:{row.model_id}:{row.client_id}" and row.client_id is not None
     event = db.scalars(select(AuditEvent).where(AuditEvent.kind == "deletion_request.retried")).one()
     assert event.payload["previous_error"] == "worker lost" and event.payload["previous_attempts"] == 3
     # Retrying a queued request is illegal.
@@ -262,9 +262,13 @@ def test_read_roles(client, make_model, role):
     assert client.get(URL, headers=client.auth(role)).status_code == 200
 
 
-def test_operator_and_admin_may_file_requests(client, make_model):
+def test_admin_may_file_requests_but_not_operator(client, make_model, counts):
+    """DESIGN §10: requesters (and admins) file; operators approve, deny, retry."""
     make_model("m1")
-    assert _create(client, role="operator", subject_id="o-1", model="m1").status_code == 202
+    before = counts()
+    r = _create(client, role="operator", subject_id="o-1", model="m1")
+    assert r.status_code == 403 and r.headers["content-type"].startswith("application/problem+json")
+    assert counts() == before
     assert _create(client, role="admin", subject_id="o-2", model="m1").status_code == 202
 
 

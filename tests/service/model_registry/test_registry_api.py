@@ -24,7 +24,7 @@ SPEC = {"name": "digits", "architecture": "mlp", "architecture_config": {"in_fea
 
 
 def _register(client, **over):
-    r = client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("operator"))
+    r = client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("admin"))
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -45,7 +45,7 @@ def test_register_read_list(client):
     assert client.get("/v1/models/digits", headers=client.auth("serving")).json()["linearize"] == "last:1"
     names = [m["name"] for m in client.get("/v1/models", headers=client.auth("requester")).json()["items"]]
     assert names == ["digits"]
-    dup = client.post("/v1/models", json=SPEC, headers=client.auth("operator"))
+    dup = client.post("/v1/models", json=SPEC, headers=client.auth("admin"))
     assert dup.status_code == 409 and dup.headers["content-type"].startswith("application/problem+json")
 
 
@@ -55,7 +55,7 @@ def test_register_read_list(client):
     ({"method_config": {"nope": 1}}, "nope"), ({"surprise": True}, "surprise"),
 ])
 def test_registration_validation(client, db, bad, field):
-    r = client.post("/v1/models", json={**SPEC, **bad}, headers=client.auth("operator"))
+    r = client.post("/v1/models", json={**SPEC, **bad}, headers=client.auth("admin"))
     assert r.status_code == 422 and field in r.text
     assert db.execute(select(func.count()).select_from(Model)).scalar_one() == 0
 
@@ -77,17 +77,17 @@ def test_json_npz_safetensors_ingestion_round_trip(client, db):
     _register(client)
     model = db.execute(select(Model)).scalar_one()
     rows = _rows(5)
-    r = client.post("/v1/models/digits/samples", json={"samples": rows}, headers=client.auth("operator"))
+    r = client.post("/v1/models/digits/samples", json={"samples": rows}, headers=client.auth("admin"))
     assert r.status_code == 201, r.text
     assert r.json()["inserted"] == 5 and r.json()["by_split"] == {"user": 5}
     x = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
     buf = io.BytesIO()
     np.savez(buf, x=x, labels=np.array([0, 1, 2, 0]), subject_ids=np.array(["a", "b", "c", "d"]), split=np.array("core"))
-    r = client.post("/v1/models/digits/samples", content=buf.getvalue(), headers={**client.auth("operator"), "content-type": "application/x-npz"})
+    r = client.post("/v1/models/digits/samples", content=buf.getvalue(), headers={**client.auth("admin"), "content-type": "application/x-npz"})
     assert r.status_code == 201, r.text
     x2 = np.random.default_rng(2).normal(size=(3, 4))
     st = st_save({"x": x2, "labels": np.array([2, 2, 1])}, metadata={"subject_ids": json.dumps(["e", "f", "g"]), "split": "eval"})
-    r = client.post("/v1/models/digits/samples", content=st, headers={**client.auth("operator"), "content-type": "application/vnd.safetensors"})
+    r = client.post("/v1/models/digits/samples", content=st, headers={**client.auth("admin"), "content-type": "application/vnd.safetensors"})
     assert r.status_code == 201, r.text
     store = client.app.state.store
     user = read_samples(db, store, model.id, splits=["user"])
@@ -116,7 +116,7 @@ def test_bad_json_uploads_write_nothing(client, db, mutate, status, needle):
     mutate(rows)
     before = _files(client)
     body = json.dumps({"samples": rows}, allow_nan=True)
-    r = client.post("/v1/models/digits/samples", content=body, headers={**client.auth("operator"), "content-type": "application/json"})
+    r = client.post("/v1/models/digits/samples", content=body, headers={**client.auth("admin"), "content-type": "application/json"})
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json") and needle in r.text
     assert _counts(db) == (0, 0) and _files(client) == before
@@ -124,7 +124,7 @@ def test_bad_json_uploads_write_nothing(client, db, mutate, status, needle):
 
 def test_bad_binary_uploads_write_nothing(client, db):
     _register(client)
-    h = {**client.auth("operator"), "content-type": "application/x-npz"}
+    h = {**client.auth("admin"), "content-type": "application/x-npz"}
     for arrays, needle in [
         ({"x": np.zeros((2, 4), dtype=np.int32), "labels": np.array([0, 1]), "subject_ids": np.array(["a", "b"]), "split": np.array("user")}, "float"),
         ({"x": np.full((2, 4), np.inf), "labels": np.array([0, 1]), "subject_ids": np.array(["a", "b"]), "split": np.array("user")}, "NaN or infinity"),
@@ -137,9 +137,9 @@ def test_bad_binary_uploads_write_nothing(client, db):
         r = client.post("/v1/models/digits/samples", content=buf.getvalue(), headers=h)
         assert 400 <= r.status_code < 500 and needle in r.text, r.text
     assert client.post("/v1/models/digits/samples", content=b"garbage", headers=h).status_code == 400
-    r = client.post("/v1/models/digits/samples", content=b"x", headers={**client.auth("operator"), "content-type": "text/csv"})
+    r = client.post("/v1/models/digits/samples", content=b"x", headers={**client.auth("admin"), "content-type": "text/csv"})
     assert r.status_code == 415
-    r = client.post("/v1/models/nope/samples", json={"samples": _rows(1)}, headers=client.auth("operator"))
+    r = client.post("/v1/models/nope/samples", json={"samples": _rows(1)}, headers=client.auth("admin"))
     assert r.status_code == 404
     assert _counts(db) == (0, 0)
 
@@ -155,10 +155,10 @@ def test_oversized_upload_is_413_and_writes_nothing(client, settings, db):
     rows = _rows(40)
     with TestClient(app) as c:
         app.state.session_factory = db.info["factory"]
-        r = c.post("/v1/models/digits/samples", json={"samples": rows}, headers=client.auth("operator"))
+        r = c.post("/v1/models/digits/samples", json={"samples": rows}, headers=client.auth("admin"))
         assert r.status_code == 413 and "1000 bytes" in r.json()["detail"]
         assert r.headers["content-type"].startswith("application/problem+json")
-        ok = c.post("/v1/models/digits/samples", json={"samples": rows[:2]}, headers=client.auth("operator"))
+        ok = c.post("/v1/models/digits/samples", json={"samples": rows[:2]}, headers=client.auth("admin"))
         assert ok.status_code == 201, ok.text
     assert _counts(db) == (2, 1)
 
@@ -170,7 +170,7 @@ def test_tombstone_and_open_request_guards(client, db):
     deleted_at = utcnow() - timedelta(days=1)
     db.add(SubjectTombstone(model_id=model.id, subject_key=subject_key(secret, "s-1"), deleted_at=deleted_at))
     db.flush()
-    h = client.auth("operator")
+    h = client.auth("admin")  # only admins ingest samples
     r = client.post("/v1/models/digits/samples", json={"samples": _rows(3)}, headers=h)
     assert r.status_code == 409 and r.json()["type"].endswith("subject-deleted")
     stale = (deleted_at - timedelta(hours=1)).isoformat()

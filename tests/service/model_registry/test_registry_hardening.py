@@ -19,7 +19,7 @@ SPEC = {"name": "hard", "architecture": "mlp", "input_shape": [2], "num_classes"
 
 @pytest.fixture
 def model(client, db):
-    assert client.post("/v1/models", json=SPEC, headers=client.auth("operator")).status_code == 201
+    assert client.post("/v1/models", json=SPEC, headers=client.auth("admin")).status_code == 201
     return db.execute(select(Model)).scalar_one()
 
 
@@ -30,7 +30,7 @@ def _nothing_written(client, db):
 
 
 def _post_raw(client, path, body: bytes, ctype="application/json"):
-    return client.post(path, content=body, headers={**client.auth("operator"), "content-type": ctype})
+    return client.post(path, content=body, headers={**client.auth("admin"), "content-type": ctype})
 
 
 @pytest.mark.parametrize("doc,field,needle", [
@@ -52,7 +52,7 @@ def test_registration_refuses_what_jsonb_cannot_hold(client, db, doc, field, nee
 def test_huge_json_label_is_a_422_not_an_overflow(client, db, model):
     rows = [{"subject_id": "a", "split": "user", "label": 0, "x": [0.0, 1.0]},
             {"subject_id": "b", "split": "user", "label": 10**30, "x": [0.0, 1.0]}]
-    r = client.post("/v1/models/hard/samples", json={"samples": rows}, headers=client.auth("operator"))
+    r = client.post("/v1/models/hard/samples", json={"samples": rows}, headers=client.auth("admin"))
     assert r.status_code == 422 and r.json()["type"].endswith("invalid-tensor"), r.text
     assert "at row 1" in r.json()["detail"] and r.json()["row"] == 1
     _nothing_written(client, db)
@@ -202,7 +202,7 @@ def test_racing_first_moves_of_an_alias_both_succeed(committed_app, engine):
     from service.models import AliasEvent, ModelAlias, ModelVersion
 
     c = committed_app
-    assert c.post("/v1/models", json=SPEC, headers=c.auth("operator")).status_code == 201
+    assert c.post("/v1/models", json=SPEC, headers=c.auth("admin")).status_code == 201
     store = c.app.state.store
     with Session(engine) as s, s.begin():
         m = s.execute(select(Model)).scalar_one()

@@ -21,7 +21,7 @@ SPEC = {"name": "tab", "architecture": "mlp", "input_shape": [2, 2], "num_classe
 
 @pytest.fixture
 def model(client, db):
-    assert client.post("/v1/models", json=SPEC, headers=client.auth("operator")).status_code == 201
+    assert client.post("/v1/models", json=SPEC, headers=client.auth("admin")).status_code == 201
     return db.execute(select(Model)).scalar_one()
 
 
@@ -44,7 +44,7 @@ def _good(n=3):
 
 def _post(client, content, ctype, **params):
     return client.post("/v1/models/tab/samples", content=content, params=params,
-                       headers={**client.auth("operator"), "content-type": ctype})
+                       headers={**client.auth("admin"), "content-type": ctype})
 
 
 def _rows(n=3, **over):
@@ -123,7 +123,7 @@ def test_bad_safetensors_refused(client, db, model):
     ([{**_rows(1)[0], "extra": 1}], "samples.0.extra"),
 ])
 def test_bad_json_rows_refused(client, db, model, rows, needle):
-    r = client.post("/v1/models/tab/samples", json={"samples": rows}, headers=client.auth("operator"))
+    r = client.post("/v1/models/tab/samples", json={"samples": rows}, headers=client.auth("admin"))
     assert r.status_code == 422 and needle in r.text, r.text
     _nothing_written(client, db)
 
@@ -137,7 +137,7 @@ def test_malformed_json_body_and_bad_query(client, db, model):
 
 
 def test_ingestion_is_audited_without_subject_ids(client, db, model):
-    r = client.post("/v1/models/tab/samples", json={"samples": _rows(3)}, headers=client.auth("operator"))
+    r = client.post("/v1/models/tab/samples", json={"samples": _rows(3)}, headers=client.auth("admin"))
     assert r.status_code == 201
     ev = db.execute(select(AuditEvent).where(AuditEvent.kind == "samples.ingested")).scalar_one()
     assert ev.payload["rows"] == 3 and ev.payload["chunk_id"] == r.json()["chunk_id"] and ev.payload["by_split"] == {"user": 3}

@@ -11,7 +11,7 @@ SPEC = {"name": "m0", "architecture": "mlp", "input_shape": [3], "num_classes": 
 
 
 def _register(client, **over):
-    return client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("operator"))
+    return client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("admin"))
 
 
 def test_register_stores_typed_settings_and_location(client, db):
@@ -50,7 +50,7 @@ def test_registration_refuses_bad_fields_and_writes_nothing(client, db, bad, fie
 
 
 def test_malformed_json_is_400(client, db):
-    r = client.post("/v1/models", content=b"{not json", headers={**client.auth("operator"), "content-type": "application/json"})
+    r = client.post("/v1/models", content=b"{not json", headers={**client.auth("admin"), "content-type": "application/json"})
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
 
 
@@ -80,7 +80,7 @@ def test_list_pages_with_signed_cursor(client, db):
 def test_read_counts_samples_by_split_and_latest_version(client, db):
     assert _register(client).status_code == 201
     rows = [{"subject_id": f"s{i}", "split": split, "label": i % 2, "x": [i, 0, 1]} for i, split in enumerate(["core", "user", "user", "eval"])]
-    assert client.post("/v1/models/m0/samples", json={"samples": rows}, headers=client.auth("operator")).status_code == 201
+    assert client.post("/v1/models/m0/samples", json={"samples": rows}, headers=client.auth("admin")).status_code == 201
     model = db.execute(select(Model)).scalar_one()
     for n in (1, 2):
         db.add(ModelVersion(model_id=model.id, number=n, artifact_uri=None, sha256="0" * 64, size_bytes=1))
@@ -94,18 +94,18 @@ def test_read_counts_samples_by_split_and_latest_version(client, db):
 def test_unknown_model_is_404_problem(client):
     for path in ("/v1/models/ghost", "/v1/models/ghost/versions", "/v1/models/ghost/versions/latest",
                  "/v1/models/ghost/versions/1/weights", "/v1/models/ghost/aliases"):
-        r = client.get(path, headers=client.auth("operator"))
+        r = client.get(path, headers=client.auth("serving"))
         assert r.status_code == 404 and r.json()["type"].endswith("model-not-found"), path
         assert "ghost" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("method,path,allowed,denied", [
-    ("post", "/v1/models", ["operator", "admin"], ["requester", "serving", "auditor"]),
+    ("post", "/v1/models", ["admin"], ["requester", "serving", "auditor", "operator"]),
     ("get", "/v1/models", ["requester", "serving", "auditor", "operator", "admin"], []),
-    ("post", "/v1/models/m0/samples", ["operator", "admin"], ["requester", "serving", "auditor"]),
+    ("post", "/v1/models/m0/samples", ["admin"], ["requester", "serving", "auditor", "operator"]),
     ("get", "/v1/models/m0/versions", ["serving", "operator", "auditor", "admin"], ["requester"]),
     ("get", "/v1/models/m0/versions/latest", ["serving", "operator", "auditor", "admin"], ["requester"]),
-    ("get", "/v1/models/m0/versions/1/weights", ["serving", "operator", "auditor", "admin"], ["requester"]),
+    ("get", "/v1/models/m0/versions/1/weights", ["serving", "admin"], ["requester", "operator", "auditor"]),
     ("get", "/v1/models/m0/aliases", ["serving", "operator", "auditor", "admin"], ["requester"]),
     ("post", "/v1/models/m0/aliases/production", ["operator", "admin"], ["requester", "serving", "auditor"]),
 ])

@@ -20,14 +20,14 @@ SPEC = {"name": "img", "architecture": "mlp", "input_shape": [2, 3], "num_classe
 
 @pytest.fixture
 def model(client, db):
-    r = client.post("/v1/models", json=SPEC, headers=client.auth("operator"))
+    r = client.post("/v1/models", json=SPEC, headers=client.auth("admin"))
     assert r.status_code == 201, r.text
     return db.execute(select(Model).where(Model.name == "img")).scalar_one()
 
 
 def _post(client, content, ctype, **params):
     return client.post("/v1/models/img/samples", content=content, params=params,
-                       headers={**client.auth("operator"), "content-type": ctype})
+                       headers={**client.auth("admin"), "content-type": ctype})
 
 
 def test_three_formats_round_trip_exactly(client, db, model):
@@ -37,7 +37,7 @@ def test_three_formats_round_trip_exactly(client, db, model):
     # JSON rows (float64 on the wire -> float32 in the store)
     xj = rng.normal(size=(3, 2, 3))
     rows = [{"subject_id": f"j{i}", "split": "user", "label": i, "x": xj[i].tolist()} for i in range(3)]
-    r = client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("operator"))
+    r = client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("admin"))
     assert r.status_code == 201, r.text
     # npz, per-row split array
     xn = rng.normal(size=(4, 2, 3)).astype(np.float32)
@@ -75,7 +75,7 @@ def test_filters_and_each_chunk_read_once(client, db, model, monkeypatch):
     secret = client.app.state.settings.security.secret_key
     for k in range(3):
         rows = [{"subject_id": f"u{i}", "split": "user", "label": i % 5, "x": np.full((2, 3), 10 * k + i).tolist()} for i in range(4)]
-        assert client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("operator")).status_code == 201
+        assert client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("admin")).status_code == 201
     gone = [subject_key(secret, "u1"), subject_key(secret, "u3")]
     reads: list[str] = []
     real = store.read_bytes
@@ -95,7 +95,7 @@ def test_filters_and_each_chunk_read_once(client, db, model, monkeypatch):
 def test_corrupt_or_missing_chunk_is_reported(client, db, model):
     store = client.app.state.store
     rows = [{"subject_id": "a", "split": "user", "label": 1, "x": np.ones((2, 3)).tolist()}]
-    r = client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("operator"))
+    r = client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("admin"))
     chunk = db.get(SampleChunk, r.json()["chunk_id"])
     path = store.path(chunk.uri)
     path.write_bytes(st_save({"x": np.zeros((1, 2, 3), dtype=np.float32)}))

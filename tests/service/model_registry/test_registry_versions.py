@@ -35,7 +35,7 @@ def _publish(session, store, model, number, *, content=None, parent=None, alias=
 
 @pytest.fixture
 def model(client, db):
-    assert client.post("/v1/models", json=SPEC, headers=client.auth("operator")).status_code == 201
+    assert client.post("/v1/models", json=SPEC, headers=client.auth("admin")).status_code == 201
     return db.execute(select(Model)).scalar_one()
 
 
@@ -182,7 +182,7 @@ def test_wait_bounds_and_non_alias_refs(client, db, model):
 
 def test_long_poll_wakes_on_publish_and_does_not_block_the_loop(committed_app, engine):
     c = committed_app
-    assert c.post("/v1/models", json=SPEC, headers=c.auth("operator")).status_code == 201
+    assert c.post("/v1/models", json=SPEC, headers=c.auth("admin")).status_code == 201
     store = c.app.state.store
     with Session(engine) as s, s.begin():
         _publish(s, store, s.execute(select(Model)).scalar_one(), 1)

@@ -18,7 +18,7 @@ def test_versions_per_model_and_last_bound(client, db):
     for name, n, state, kl in rows:
         db.add(ModelVersion(model_id=models[name].id, number=n, sha256=f"{n:064d}", size_bytes=1, bound={"kl_nats": kl}, metrics={}, state=state))
     db.flush()
-    r = client.get("/metrics")
+    r = client.get("/metrics", headers=client.auth("auditor"))
     assert r.status_code == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(r.text) for s in fam.samples}

@@ -30,7 +30,7 @@ def model(db):
 
 
 def test_train_creates_job_and_outbox_message_202(client, db, model):
-    r = client.post("/v1/models/tiny/train", headers=client.auth("operator"))
+    r = client.post("/v1/models/tiny/train", headers=client.auth("admin"))
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["kind"] == "train" and body["status"] == "queued" and body["model"] == "tiny" and body["attempts"] == 0
@@ -40,10 +40,10 @@ def test_train_creates_job_and_outbox_message_202(client, db, model):
 
 
 def test_second_start_is_409_naming_the_active_job_and_writes_nothing(client, db, model):
-    first = client.post("/v1/models/tiny/train", headers=client.auth("operator")).json()
+    first = client.post("/v1/models/tiny/train", headers=client.auth("admin")).json()
     before = _counts(db)
-    for path, kwargs in (("train", {}), ("zero", {"json": {"retrain": False}})):
-        r = client.post(f"/v1/models/tiny/{path}", headers=client.auth("operator"), **kwargs)
+    for path, role, kwargs in (("train", "admin", {}), ("zero", "operator", {"json": {"retrain": False}})):
+        r = client.post(f"/v1/models/tiny/{path}", headers=client.auth(role), **kwargs)
         assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM)
         assert r.json()["type"].endswith("active-job-exists") and r.json()["job_id"] == first["id"]
         assert r.headers["location"] == f"/v1/jobs/{first['id']}"
@@ -76,8 +76,11 @@ def test_zero_body_is_optional_and_validated(client, db, model):
 
 def test_unknown_model_is_404_and_roles_are_enforced(client, db, model):
     for path in ("train", "forget-now", "zero"):
-        r = client.post(f"/v1/models/nope/{path}", headers=client.auth("operator"))
+        r = client.post(f"/v1/models/nope/{path}", headers=client.auth("admin"))
         assert r.status_code == 404 and r.json()["type"].endswith("model-not-found")
+        # Operators run now and zero; only admins train (DESIGN §10).
+        by_operator = client.post(f"/v1/models/nope/{path}", headers=client.auth("operator")).status_code
+        assert by_operator == (403 if path == "train" else 404)
         assert client.post(f"/v1/models/tiny/{path}", headers=client.auth("auditor")).status_code == 403
         assert client.post(f"/v1/models/tiny/{path}", headers=client.auth("requester")).status_code == 403
         assert client.post(f"/v1/models/tiny/{path}").status_code == 401
