@@ -17,7 +17,7 @@ SPEC = {"name": "arch", "architecture": "mlp", "input_shape": [4], "num_classes"
 
 
 def _register(client, **over):
-    return client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("operator"))
+    return client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("admin"))
 
 
 def _nothing_written(db, client) -> None:
