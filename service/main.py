@@ -13,7 +13,7 @@ from sqlalchemy import text
 from service.core.config import Settings, get_settings
 from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
-from service.core.limits import BodySizeLimitMiddleware
+from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
 from service.core.storage import ArtifactStore
 
 log = logging.getLogger("lethe.api")
@@ -41,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Outermost last: header size, then body size, then duplicate JSON keys.
+    app.add_middleware(DuplicateJsonKeysMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.api.max_header_bytes)
 
     from service.audit.router import router as audit_router
     from service.deletion_request.router import router as deletion_router

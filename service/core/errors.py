@@ -108,6 +108,10 @@ class RangeNotSatisfiable(ProblemError):
     status, type, title = 416, "range-not-satisfiable", "Range not satisfiable"
 
 
+class HeadersTooLarge(ProblemError):
+    status, type, title = 431, "headers-too-large", "Request header fields too large"
+
+
 class DatabaseBusy(ProblemError):
     status, type, title = 503, "database-busy", "Database busy"
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service.core.db import get_session
 from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType, ValidationFailed
 from service.core.security import Principal, require
+from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, PastDateTime
 from service.model_registry import service, uploads
 from service.model_registry.schemas import (
     AliasesRead,
@@ -58,7 +59,7 @@ def _secret(request: Request) -> str:
 
 @router.get("/v1/models", response_model=ModelPage)
 def list_models(request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
-                limit: int | None = Query(None, ge=1), _: Principal = Depends(_read)) -> ModelPage:
+                limit: int | None = Query(None, ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION), _: Principal = Depends(_read)) -> ModelPage:
     """Registered models, newest first (any role)."""
     return service.page_models(session, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
 
@@ -74,7 +75,7 @@ async def ingest_samples(
     request: Request,
     session: SessionDep,
     format: str | None = None,
-    consent_renewed_at: datetime | None = None,
+    consent_renewed_at: Annotated[PastDateTime | None, Query(description="When the subjects renewed their consent (not in the future)")] = None,
     who: Principal = Depends(require(Role.operator)),
 ) -> IngestResult:
     """Ingest samples (operator). The body format follows ``Content-Type`` (else ``415``):
@@ -128,7 +129,7 @@ async def ingest_samples(
 # ----------------------------------------------------------------------------- versions
 @router.get("/v1/models/{name}/versions", response_model=VersionPage)
 def list_versions(name: str, request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
-                  limit: int | None = Query(None, ge=1), _: Principal = Depends(_serve)) -> VersionPage:
+                  limit: int | None = Query(None, ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION), _: Principal = Depends(_serve)) -> VersionPage:
     """Versions (revoked ones included, with their state), newest first."""
     model = service.get_model(session, name)
     return service.page_versions(session, model, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
