@@ -80,6 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ok = ok and broker == "ok"
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
+    from service.core import openapi
+    from service.model_registry.schemas import SamplesJson
+
+    openapi.install(app, extra_models=(SamplesJson,))
+
     from service.admin.app import create_admin_app
 
     admin = create_admin_app(settings)

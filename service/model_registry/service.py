@@ -264,7 +264,7 @@ def current_etag(session: Session, model_name: str, ref: str) -> str | None:
     right error)."""
     if ref in ALIASES:
         row = repo.etag_row(session, model_name, alias=ref)
-    elif ref.isdigit() and len(ref) <= 9:
+    elif ref.isascii() and ref.isdigit() and len(ref) <= 9:
         row = repo.etag_row(session, model_name, number=int(ref))
     else:
         return None

@@ -57,6 +57,8 @@ def test_alias_move_and_version_refs_beyond_int32(client, model):
     for ref in ("99999999999999999999", "²", "١٢"):
         r = client.get(f"/v1/models/{model}/versions/{ref}", headers=client.auth("admin"))
         _problem(r, 404)
+        r = client.get(f"/v1/models/{model}/versions/{ref}", headers={**client.auth("admin"), "If-None-Match": '"x"'})
+        _problem(r, 404)
 
 
 @pytest.mark.parametrize("path", ["/v1/deletion-requests", "/v1/models", "/v1/models/vec/versions", "/v1/jobs"])
