@@ -99,7 +99,10 @@ async def ingest_samples(
 
     def work() -> IngestResult:
         # The request's session (the one that authenticated it); committed before the response.
+        # Parsing and validating happen between two transactions, so the write transaction (on
+        # SQLite: the database's one write lock) lasts only as long as the insert itself.
         model = service.get_model(session, name)
+        session.commit()
         consent = consent_renewed_at
         if media == "application/json":
             try:
@@ -120,6 +123,7 @@ async def ingest_samples(
                 f"Unsupported Content-Type {media or 'none'!r}",
                 accepted=["application/json", "application/x-npz", "application/vnd.safetensors"],
             )
+        model = service.get_model(session, name)
         n, chunk_id, by_split = service.ingest(session, request.app.state.store, settings.security.secret_key, model, parsed, consent, who.actor)
         return IngestResult(inserted=n, chunk_id=chunk_id, by_split=by_split)
 
