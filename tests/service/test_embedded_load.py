@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 MODEL = "load-demo"
 FORGET = [f"lq7-forget-subject-{i:02d}" for i in range(4)]
 LOAD_S = 4.0
-CLIENTS = 12
+CLIENTS = 8
 P99_LIMIT_S = 1.0
 
 
