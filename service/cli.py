@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from service.core.config import Settings, get_settings
@@ -336,10 +337,12 @@ def pull(
     token: Annotated[str, typer.Option(help="A token with the serving role")] = "",
     ref: Annotated[str, typer.Option(help="latest, production or a version number")] = "latest",
     watch: Annotated[bool, typer.Option(help="Keep long-polling and pull each new version")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer of the server")] = 30.0,
 ) -> None:
     """Download a version's weights (sha256-verified, atomic) and load the model."""
     client_mod = importlib.import_module("workers.client")
-    client = client_mod.LetheClient(url, token)
+    client = client_mod.LetheClient(url, token, timeout=timeout)
+    failures: tuple[type[BaseException], ...] = (client_mod.PullError, ValueError, httpx.HTTPError)
 
     def show(p) -> None:
         m = p.manifest
@@ -350,8 +353,8 @@ def pull(
             client.watch(model, to, show, ref=ref)
         else:
             show(client.pull(model, to, ref=ref))
-    except (client_mod.PullError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except failures as exc:
+        typer.echo(failure_line(exc, url), err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # pragma: no cover - --watch until Ctrl-C
         pass
@@ -365,7 +368,29 @@ def demo(
     token: Annotated[str, typer.Option(help="An admin token")] = "",
 ) -> None:
     """Register a digits model, train it, delete a few subjects and print their receipts."""
-    importlib.import_module("workers.demo").run(url, token)
+    try:
+        importlib.import_module("workers.demo").run(url, token)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        typer.echo(failure_line(exc, url), err=True)
+        raise typer.Exit(1) from None
+
+
+def failure_line(exc: BaseException, url: str) -> str:
+    """One clear line for a failed call to the server (no traceback)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"error: {url} did not answer in time ({type(exc).__name__}); the server may be busy, try again"
+    if isinstance(exc, httpx.ConnectError):
+        return f"error: cannot connect to {url}; is Lethe running there? (start it with: lethe serve --embedded)"
+    if isinstance(exc, httpx.HTTPStatusError):
+        r = exc.response
+        try:
+            detail = r.json().get("detail") or r.reason_phrase
+        except ValueError:
+            detail = r.reason_phrase
+        return f"error: {r.request.method} {r.request.url.path} answered {r.status_code}: {detail}"
+    if isinstance(exc, httpx.HTTPError):
+        return f"error: request to {url} failed: {type(exc).__name__}: {exc}"
+    return f"error: {exc}"
 
 
 def main() -> None:  # pragma: no cover

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from service.core.config import Settings, get_settings
 from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
-from service.core.limits import BodySizeLimitMiddleware
+from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
 from service.core.storage import ArtifactStore
 
 log = logging.getLogger("lethe.api")
@@ -45,7 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Outermost last: header size, then body size, then duplicate JSON keys.
+    app.add_middleware(DuplicateJsonKeysMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.api.max_header_bytes)
 
     from service.audit.router import router as audit_router
     from service.client.router import router as client_router
@@ -82,6 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checks["broker"] = broker
         ok = ok and broker == "ok"
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    from service.core import openapi
+    from service.model_registry.schemas import SamplesJson
+
+    openapi.install(app, extra_models=(SamplesJson,))
 
     from service.admin.app import create_admin_app
 

@@ -29,6 +29,17 @@ def wait_healthy(base_url: str, timeout: float = 60.0) -> None:
     raise RuntimeError("server did not become healthy")
 
 
+def _nats(value) -> str:
+    return f"{value:.2g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _raise_unexpected(r: httpx.Response) -> None:
+    """Any error answer stops the demo with it (409 = exists / already running is expected)."""
+    if r.status_code >= 400 and r.status_code != 409:
+        r.read()
+        r.raise_for_status()
+
+
 def _npz(x, y, subjects, split) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, x=x, labels=y, subject_ids=np.array(subjects), split=np.array(split))
@@ -48,7 +59,8 @@ def _wait_job(c: httpx.Client, job_id: str, timeout: float = 600.0) -> dict:
 def run(base_url: str, token: str, out=print) -> dict:
     from workers.unlearning.datasets import load_digits_splits
 
-    c = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    c = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                     event_hooks={"response": [_raise_unexpected]})
     d = load_digits_splits(seed=0, n_subjects=150)
     spec = {
         "name": MODEL, "architecture": "mlp", "architecture_config": {"in_features": 64, "hidden": [64], "num_classes": 10},
@@ -90,13 +102,13 @@ def run(base_url: str, token: str, out=print) -> dict:
     summary = {"before": before, "after": after, "requests": reqs, "receipts": {}}
     out(f"\nversion {before['number']} -> {after['number']}; eval accuracy "
         f"{before['metrics'].get('eval_accuracy', float('nan')):.4f} -> {after['metrics'].get('eval_accuracy', float('nan')):.4f}")
-    out(f"bound of v{after['number']}: {after['bound'].get('kl_nats')} nats ({after['bound'].get('guarantee')})")
+    out(f"bound of v{after['number']}: {_nats(after['bound'].get('kl_nats'))} nats ({after['bound'].get('guarantee')})")
     for subject, q in zip(FORGET, reqs, strict=True):
         rec = c.get(f"/v1/subjects/{subject}").json()
         summary["receipts"][subject] = rec
         m = rec["models"][0] if rec["models"] else {}
         out(f"  {subject}: {q['status']}, samples removed {q['samples_removed']}, clean version {q['clean_version']}, "
-            f"held by {m.get('held_by_versions')}, cumulative bound {m.get('cumulative_kl_nats')} nats")
+            f"held by {m.get('held_by_versions')}, cumulative bound {_nats(m.get('cumulative_kl_nats'))} nats")
     verify = c.get("/v1/audit/verify").json()
     out(f"audit chain: {'ok' if verify['ok'] else 'BROKEN at ' + str(verify['first_broken_seq'])} ({verify['events']} events)")
     out(f"dashboard: {base_url}/admin")

@@ -13,6 +13,7 @@ import threading
 import time
 
 from service.core.config import Settings
+from service.core.db import scrub_deleted
 from service.job import service as job_service
 from workers.celery_app import make_celery
 from workers.runtime import runtime_for
@@ -48,6 +49,9 @@ class EmbeddedRunner:
 
         rt = runtime_for(self.app)
         last_sweep = 0.0
+        # A crash between an erasing commit and its scrub leaves old page images in the WAL:
+        # scrub once at start, then whenever an erasing commit (API, ticker) asks for it.
+        scrub_deleted(rt.engine, force=True)
         while not self._stop.wait(self.tick_s):
             try:
                 with rt.session_factory.begin() as session:
@@ -57,6 +61,7 @@ class EmbeddedRunner:
                     last_sweep = time.monotonic()
                     sweep(rt)
                     relay_outbox(rt.session_factory, self.app.send_task)
+                scrub_deleted(rt.engine)
             except Exception:  # noqa: BLE001 - keep ticking; the database holds the truth
                 log.exception("embedded ticker round failed")
 

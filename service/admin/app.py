@@ -35,6 +35,7 @@ from service.admin.charts import line_chart
 from service.audit.router import list_events
 from service.audit.service import verify_chain
 from service.core.config import Settings
+from service.core.db import read_session
 from service.core.errors import ProblemError
 from service.core.security import hash_token, subject_key
 from service.deletion_request import service as requests_service
@@ -258,7 +259,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         token = token.strip() if isinstance(token, str) else ""
         row = None
         if token:
-            with factory(request)() as db:
+            with read_session(factory(request)) as db:
                 row = db.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).scalar_one_or_none()
         if row is None or row.revoked_at is not None:
             return login_page(request, 401, "Unknown or revoked token.", next_url)
@@ -307,7 +308,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/", response_class=HTMLResponse)
     def overview(request: Request):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return render(request, "overview.html", me, **overview_data(db))
 
     @admin.get("/fragments/overview", response_class=HTMLResponse)
@@ -315,7 +316,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         me = who(request)
         if me is None:
             return HTMLResponse("", status_code=401)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return fragment(request, "_live.html", me, **overview_data(db))
 
     # ------------------------------------------------------------------ requests
@@ -334,7 +335,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         except ValueError:
             raise BadInput(f"'{status}' is not a request status") from None
         limit_at = _due_limit(due_before) if due_before else None
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             # "Due before" is not a filter of the service: walk its pages (bounded) and keep matches.
             items, next_cursor, pages = [], cursor or None, 0
             while True:
@@ -387,7 +388,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/requests/{rid}", response_class=HTMLResponse)
     def request_detail(request: Request, rid: uuid.UUID):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             r = requests_service.get(db, rid, redact=me.role is Role.auditor)  # auditors: no raw subject ids
             events = list_events(db, since=0, kind=None, key=r.subject_key, limit=500).items
             job = job_read(db, job_service.get_job(db, r.job_id)) if r.job_id else None
@@ -419,7 +420,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/jobs", response_class=HTMLResponse)
     def jobs_page(request: Request, status: str = "", model: str = ""):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return render(request, "jobs.html", me, **jobs_data(db, status, model))
 
     @admin.get("/fragments/jobs", response_class=HTMLResponse)
@@ -427,7 +428,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         me = who(request)
         if me is None:
             return HTMLResponse("", status_code=401)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return fragment(request, "_jobs_table.html", me, **jobs_data(db, status, model))
 
     def job_data(db, job_id: uuid.UUID) -> dict:
@@ -437,7 +438,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_detail(request: Request, job_id: uuid.UUID):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return render(request, "job_detail.html", me, **job_data(db, job_id))
 
     @admin.get("/fragments/jobs/{job_id}", response_class=HTMLResponse)
@@ -445,7 +446,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         me = who(request)
         if me is None:
             return HTMLResponse("", status_code=401)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return fragment(request, "_job.html", me, **job_data(db, job_id))
 
     @admin.post("/jobs/{job_id}/retry")
@@ -459,7 +460,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/models", response_class=HTMLResponse)
     def models_page(request: Request):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             models = registry.read_many(db, registry.list_models(db, after=None, limit=500)[:500])
         return render(request, "models.html", me, models=models)
 
@@ -495,7 +496,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
     @admin.get("/models/{name}", response_class=HTMLResponse)
     def model_detail(request: Request, name: str, before: int | None = None):
         me = need(request)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return render(request, "model_detail.html", me, **model_data(db, name, before))
 
     @admin.get("/fragments/models/{name}", response_class=HTMLResponse)
@@ -503,7 +504,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         me = who(request)
         if me is None:
             return HTMLResponse("", status_code=401)
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return fragment(request, "_model.html", me, **model_data(db, name, before))
 
     @admin.post("/models/{name}/forget-now")
@@ -557,7 +558,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
         if len(subject_id) > 256:
             raise BadInput("A subject id has at most 256 characters.")
         if subject_id:
-            with factory(request)() as db:
+            with read_session(factory(request)) as db:
                 rec = receipt(db, secret, subject_id)
         return render(request, "subjects.html", me, rec=rec, subject_id=subject_id)
 
@@ -572,13 +573,13 @@ def create_admin_app(settings: Settings) -> FastAPI:
         me = need(request)
         if since < 0:
             raise BadInput("'since' is a sequence number (0 or more).")
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             return render(request, "audit.html", me, verification=None, **audit_page_data(db, since, kind, subject_id))
 
     @admin.post("/audit/verify", response_class=HTMLResponse)
     async def audit_verify(request: Request):
         me, _ = await check_post(request, act=False)  # reading: auditors may verify
-        with factory(request)() as db:
+        with read_session(factory(request)) as db:
             result = verify_chain(db)
             return render(request, "audit.html", me, verification=result, **audit_page_data(db, 0, "", ""))
 

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy import select
 
+from service.core.db import read_session
 from service.models import ApiToken, Role
 
 COOKIE = "lethe_admin"
@@ -98,7 +99,7 @@ def current(request: Request, session_factory, secret: str, max_age_s: int) -> A
     doc = unsign(secret, "admin-session", request.cookies.get(COOKIE), max_age_s)
     if doc is None or not isinstance(doc.get("t"), int) or not isinstance(doc.get("c"), str):
         return None
-    with session_factory() as db:
+    with read_session(session_factory) as db:
         row = db.execute(select(ApiToken.role, ApiToken.revoked_at).where(ApiToken.id == doc["t"])).first()
     if row is None or row.revoked_at is not None or Role(row.role) not in DASHBOARD_ROLES:
         return None

@@ -15,6 +15,7 @@ from service.audit.service import checkpoint_dict, latest_checkpoint, verify_cha
 from service.core.db import get_session
 from service.core.errors import NotFound
 from service.core.security import Principal, require, subject_key
+from service.core.types import INT64_MAX, SubjectId
 from service.models import Role
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -35,9 +36,9 @@ def list_events(session: Session, *, since: int, kind: str | None, key: str | No
 def audit_events(
     request: Request,
     session: SessionDep,
-    since: Annotated[int, Query(ge=0, description="Return events with seq greater than this")] = 0,
+    since: Annotated[int, Query(ge=0, le=INT64_MAX, description="Return events with seq greater than this")] = 0,
     kind: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    subject_id: Annotated[str | None, Query(min_length=1, max_length=256, description="Matched by its subject key")] = None,
+    subject_id: Annotated[SubjectId | None, Query(description="Matched by its subject key")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     _: Principal = Depends(require(Role.auditor)),
 ) -> AuditPage:

@@ -68,6 +68,8 @@ class AuditSettings(BaseModel):
 
 class ApiSettings(BaseModel):
     max_body_bytes: int = 32 * 1024 * 1024
+    # All request headers together (names and values); larger -> 431.
+    max_header_bytes: int = 16 * 1024
     page_size_default: int = 50
     page_size_max: int = 500
     long_poll_max_s: int = 60

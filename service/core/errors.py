@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lethe.errors")
@@ -107,6 +108,14 @@ class RangeNotSatisfiable(ProblemError):
     status, type, title = 416, "range-not-satisfiable", "Range not satisfiable"
 
 
+class HeadersTooLarge(ProblemError):
+    status, type, title = 431, "headers-too-large", "Request header fields too large"
+
+
+class DatabaseBusy(ProblemError):
+    status, type, title = 503, "database-busy", "Database busy"
+
+
 def problem_response(err: ProblemError, request: Request | None = None) -> JSONResponse:
     return JSONResponse(
         err.to_body(str(request.url.path) if request is not None else None),
@@ -149,6 +158,19 @@ def install_error_handlers(app: FastAPI) -> None:
         body["type"] = TYPE_BASE + _TYPES.get(exc.status_code, "http-error")
         return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=err.headers)
 
+    @app.exception_handler(OperationalError)
+    async def _operational(request: Request, exc: OperationalError) -> JSONResponse:
+        # SQLite (embedded mode): a writer waited busy_timeout for the write lock. Reads never
+        # wait (WAL, no lock at BEGIN); a write may, and then says so and asks for a retry.
+        if _is_busy(exc):
+            log.warning("database busy on %s %s", request.method, request.url.path)
+            return problem_response(
+                DatabaseBusy("The database is busy with another write; nothing was committed, retry shortly",
+                             headers={"Retry-After": "1"}),
+                request,
+            )
+        return await _unhandled(request, exc)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -159,6 +181,11 @@ def install_error_handlers(app: FastAPI) -> None:
             "detail": "The server failed to handle this request; nothing was committed.",
         }
         return JSONResponse(body, status_code=500, media_type=PROBLEM_JSON)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    msg = str(exc.orig).lower()
+    return "database is locked" in msg or "database is busy" in msg or "database table is locked" in msg
 
 
 _TITLES = {404: "Not found", 405: "Method not allowed", 406: "Not acceptable"}

@@ -1,4 +1,5 @@
-"""Pure-ASGI body size limit: a declared or streamed body over the limit is a 413 problem."""
+"""Pure-ASGI limits at the door: a declared or streamed body over the limit is a 413 problem,
+request headers over the limit a 431, a JSON body with a duplicate key a 422."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import PROBLEM_JSON, PayloadTooLarge
+from service.core.errors import PROBLEM_JSON, BadRequest, HeadersTooLarge, PayloadTooLarge, ValidationFailed
 
 
 class _TooLarge(Exception):
@@ -66,3 +67,106 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _send_problem(scope: Scope, send: Send, err) -> None:
+    body = json.dumps(err.to_body(scope.get("path"))).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HeaderSizeLimitMiddleware:
+    """Request headers over ``max_bytes`` in total (names and values) are a 431 problem.
+
+    uvicorn's httptools parser has no header size limit of its own (h11's is per event), so the
+    limit is enforced here, before any route or dependency sees the request."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            total = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if total > self.max_bytes:
+                await _send_problem(scope, send, HeadersTooLarge(
+                    f"Request headers take {total} bytes; the limit is {self.max_bytes}"))
+                return
+        await self.app(scope, receive, send)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return False
+
+
+class DuplicateJsonKeysMiddleware:
+    """A JSON body with a key twice in one object is a 422 naming the key (instead of the last
+    one silently winning). Other bodies, and JSON that does not parse, pass through untouched
+    (the route answers those). The body is read once and replayed to the application."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            json.loads(body, object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as exc:
+            err = ValidationFailed(
+                f"Duplicate key {str(exc)!r} in a JSON object; each key may appear once",
+                errors=[{"field": f"body.{exc}", "message": "duplicate key", "kind": "duplicate_key"}],
+            )
+            await _send_problem(scope, send, err)
+            return
+        except RecursionError:
+            await _send_problem(scope, send, BadRequest("Request body is not valid JSON: nested too deeply"))
+            return
+        except ValueError:
+            pass  # not JSON: the route's own parser answers with its 400
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

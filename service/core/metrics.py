@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from service.core.db import read_session
 from service.core.security import authenticate, require
 from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Job, Model, ModelVersion, Role
 from service.models._types import utcnow
@@ -21,7 +22,7 @@ class DatabaseCollector:
         self.session_factory = session_factory
 
     def collect(self):
-        with self.session_factory() as session:
+        with read_session(self.session_factory) as session:
             by_status = GaugeMetricFamily(
                 "lethe_deletion_requests", "Deletion requests by status", labels=["status"]
             )

@@ -146,6 +146,9 @@ def authenticate(request: Request, session: Session = Depends(get_session, scope
     if hit is not None and hit[1] > now:
         return hit[0]
     principal = principal_for_token(session, token)
+    # End the lookup's transaction now: the handler (same session) starts its own, and a
+    # handler that works elsewhere never waits for a lock this request holds (SQLite).
+    session.commit()
     if principal is None:
         raise Unauthenticated("Unknown or revoked token")
     ttl = _ttl(request)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.core.db import get_session
 from service.core.errors import UnsupportedMediaType
 from service.core.security import Principal, authenticate, require
+from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, SubjectId
 from service.deletion_request import service
 from service.deletion_request.schemas import (
     DeletionRequestCreate,
@@ -136,9 +137,9 @@ def list_deletion_requests(
     principal: Annotated[Principal, Depends(_may_read)],
     status: Annotated[list[RequestStatus] | None, Query(description="Repeat to match several")] = None,
     model: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    subject_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    subject_id: Annotated[SubjectId | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION)] = None,
 ) -> DeletionRequestPage:
     api = request.app.state.settings.api
     return service.list_requests(

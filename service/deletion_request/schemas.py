@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.core.types import SubjectId
 from service.models import RequestStatus
 
 
@@ -21,7 +22,7 @@ class DeletionRequestCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    subject_id: str = Field(min_length=1, max_length=256, description="The product's id of the person")
+    subject_id: SubjectId
     model: str | None = Field(default=None, min_length=1, max_length=64, description="Registered model name; null = all")
     reason: str | None = Field(default=None, max_length=2000)
     source: str | None = Field(default=None, max_length=200)

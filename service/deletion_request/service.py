@@ -52,6 +52,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
+from service.core.db import mark_erased
 from service.core.errors import Conflict, IllegalTransition, ModelNotFound, NotFound, ProblemError
 from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key as make_subject_key
@@ -406,6 +407,7 @@ def transition(
     if target in FINAL_STATUSES:
         row.open_key = None
         row.subject_id = None
+        mark_erased(session)
     elif target in OPEN_REQUEST_STATUSES:
         row.open_key = open_key_for(row.subject_key, row.model_id, row.client_id)
     session.flush()

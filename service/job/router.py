@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from service.core.db import get_session
+from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX
 from service.core.pagination import decode_cursor, encode_cursor
 from service.core.security import Principal, require
 from service.job import repository as repo
@@ -67,7 +68,7 @@ def list_jobs(
     model: str | None = None,
     status: JobStatus | None = None,
     cursor: str | None = None,
-    limit: int = Query(50, ge=1, le=500),
+    limit: int = Query(50, ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION),
     session: Session = Depends(get_session, scope="function"),
     _: Principal = Depends(require(Role.operator, Role.auditor)),
 ) -> JobPage:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
+from service.core.db import mark_erased
 from service.core.errors import Conflict, IllegalTransition, NotFound
 from service.core.jobs import QUEUE_GPU, enqueue
 from service.job import repository as repo
@@ -161,6 +162,7 @@ def _complete_at_once(session: Session, req: DeletionRequest, now: datetime, not
     req.held_versions = req.held_versions or []
     req.completed_at = now
     req.subject_id = None
+    mark_erased(session)
     req.open_key = None
     req.job_id = None if req.model_id is None else req.job_id
     append_event(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service.core.db import get_session
 from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType, ValidationFailed
 from service.core.security import Principal, require
+from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, PastDateTime
 from service.model_registry import service, uploads
 from service.model_registry.schemas import (
     AliasesRead,
@@ -63,7 +64,7 @@ def _secret(request: Request) -> str:
 
 @router.get("/v1/models", response_model=ModelPage)
 def list_models(request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
-                limit: int | None = Query(None, ge=1), _: Principal = Depends(_read)) -> ModelPage:
+                limit: int | None = Query(None, ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION), _: Principal = Depends(_read)) -> ModelPage:
     """Registered models, newest first (any role)."""
     return service.page_models(session, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
 
@@ -77,8 +78,9 @@ def get_model(name: str, session: SessionDep, _: Principal = Depends(_read)) -> 
 async def ingest_samples(
     name: str,
     request: Request,
+    session: SessionDep,
     format: str | None = None,
-    consent_renewed_at: datetime | None = None,
+    consent_renewed_at: Annotated[PastDateTime | None, Query(description="When the subjects renewed their consent (not in the future)")] = None,
     who: Principal = Depends(_admin),
 ) -> IngestResult:
     """Ingest samples (operator). The body format follows ``Content-Type`` (else ``415``):
@@ -99,33 +101,36 @@ async def ingest_samples(
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     body = await request.body()
     settings = request.app.state.settings
-    factory = request.app.state.session_factory
 
     def work() -> IngestResult:
-        with factory.begin() as session:
-            model = service.get_model(session, name)
-            consent = consent_renewed_at
-            if media == "application/json":
-                try:
-                    doc = SamplesJson.model_validate_json(body)
-                except ValidationError as exc:
-                    errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
-                    if any(e["kind"] == "json_invalid" for e in errors):
-                        raise BadRequest("Request body is not valid JSON") from None
-                    raise ValidationFailed("Invalid samples: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors) from None
-                parsed = uploads.parse_json_rows(doc.samples, model.input_shape, model.num_classes)
-                consent = doc.consent_renewed_at or consent
-            elif media == "application/x-npz":
-                parsed = uploads.parse_npz(body, model.input_shape, model.num_classes)
-            elif media == "application/vnd.safetensors" or (media == "application/octet-stream" and format == "safetensors"):
-                parsed = uploads.parse_safetensors(body, model.input_shape, model.num_classes)
-            else:
-                raise UnsupportedMediaType(
-                    f"Unsupported Content-Type {media or 'none'!r}",
-                    accepted=["application/json", "application/x-npz", "application/vnd.safetensors"],
-                )
-            n, chunk_id, by_split = service.ingest(session, request.app.state.store, settings.security.secret_key, model, parsed, consent, who.actor)
-            return IngestResult(inserted=n, chunk_id=chunk_id, by_split=by_split)
+        # The request's session (the one that authenticated it); committed before the response.
+        # Parsing and validating happen between two transactions, so the write transaction (on
+        # SQLite: the database's one write lock) lasts only as long as the insert itself.
+        model = service.get_model(session, name)
+        session.commit()
+        consent = consent_renewed_at
+        if media == "application/json":
+            try:
+                doc = SamplesJson.model_validate_json(body)
+            except ValidationError as exc:
+                errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "kind": e["type"]} for e in exc.errors()]
+                if any(e["kind"] == "json_invalid" for e in errors):
+                    raise BadRequest("Request body is not valid JSON") from None
+                raise ValidationFailed("Invalid samples: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors) from None
+            parsed = uploads.parse_json_rows(doc.samples, model.input_shape, model.num_classes)
+            consent = doc.consent_renewed_at or consent
+        elif media == "application/x-npz":
+            parsed = uploads.parse_npz(body, model.input_shape, model.num_classes)
+        elif media == "application/vnd.safetensors" or (media == "application/octet-stream" and format == "safetensors"):
+            parsed = uploads.parse_safetensors(body, model.input_shape, model.num_classes)
+        else:
+            raise UnsupportedMediaType(
+                f"Unsupported Content-Type {media or 'none'!r}",
+                accepted=["application/json", "application/x-npz", "application/vnd.safetensors"],
+            )
+        model = service.get_model(session, name)
+        n, chunk_id, by_split = service.ingest(session, request.app.state.store, settings.security.secret_key, model, parsed, consent, who.actor)
+        return IngestResult(inserted=n, chunk_id=chunk_id, by_split=by_split)
 
     return await anyio.to_thread.run_sync(work)
 
@@ -133,7 +138,7 @@ async def ingest_samples(
 # ----------------------------------------------------------------------------- versions
 @router.get("/v1/models/{name}/versions", response_model=VersionPage)
 def list_versions(name: str, request: Request, session: SessionDep, cursor: str | None = Query(None, max_length=512),
-                  limit: int | None = Query(None, ge=1), _: Principal = Depends(_serve)) -> VersionPage:
+                  limit: int | None = Query(None, ge=1, le=LIMIT_MAX, description=LIMIT_DESCRIPTION), _: Principal = Depends(_serve)) -> VersionPage:
     """Versions (revoked ones included, with their state), newest first."""
     model = service.get_model(session, name)
     return service.page_versions(session, model, secret=_secret(request), cursor=cursor, limit=_limit(request, limit))
@@ -160,6 +165,7 @@ async def get_version(
     name: str,
     ref: str,
     request: Request,
+    session: SessionDep,
     wait: float | None = Query(None, gt=0),
     if_none_match: str | None = Header(None),
     _: Principal = Depends(_serve),
@@ -168,20 +174,25 @@ async def get_version(
     alias moves (200) or N seconds pass (304). The event loop never blocks: each check is a short
     transaction in a worker thread."""
     settings = request.app.state.settings
-    factory = request.app.state.session_factory
     if wait is not None and wait > settings.api.long_poll_max_s:
         raise ValidationFailed(f"wait must be at most {settings.api.long_poll_max_s} seconds")
 
+    # Each check is its own short read transaction on the request's session (a read session:
+    # no lock on SQLite), ended at once so that the next check sees newer commits.
     def check():
-        with factory() as session:
+        try:
             model = service.get_model(session, name)
             v = service.live_or_gone(service.resolve_version(session, model, ref), model)
             doc, etag = service.manifest_with_etag(session, model, v)
             return etag, doc.model_dump(mode="json")
+        finally:
+            session.rollback()
 
     def quick_etag():
-        with factory() as session:
+        try:
             return service.current_etag(session, name, ref)
+        finally:
+            session.rollback()
 
     deadline = time.monotonic() + (wait or 0)
     if if_none_match:

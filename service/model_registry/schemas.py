@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from service.core.types import INT32_MAX, PastDateTime, SubjectId
+
 _LIN = re.compile(r"^(all|last:[1-9]\d*)$")
 
 
@@ -59,8 +61,8 @@ class ModelCreate(BaseModel):
     linearize: str = "all"
     method: Literal["mixed_linear"] = "mixed_linear"
     method_config: ForgettingSettings = Field(default_factory=ForgettingSettings)
-    batch_window_s: int = Field(3600, ge=0)
-    batch_size: int = Field(100, ge=1)
+    batch_window_s: int = Field(3600, ge=0, le=INT32_MAX)
+    batch_size: int = Field(100, ge=1, le=INT32_MAX)
     auto_approve: bool = True
     auto_promote: bool = True
     sla_days: int = Field(30, ge=1, le=365)
@@ -113,7 +115,7 @@ class ModelPage(BaseModel):
 class SampleRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    subject_id: str = Field(min_length=1, max_length=256)
+    subject_id: SubjectId
     split: Literal["core", "user", "eval"]
     label: StrictInt
     x: Any = Field(description="nested lists of numbers with the model's input_shape")
@@ -123,7 +125,7 @@ class SamplesJson(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     samples: list[SampleRow] = Field(min_length=1)
-    consent_renewed_at: datetime | None = None
+    consent_renewed_at: PastDateTime | None = Field(None, description="When the subjects renewed their consent; not in the future")
 
 
 class IngestResult(BaseModel):
@@ -165,7 +167,7 @@ class VersionPage(BaseModel):
 class AliasMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT32_MAX)
 
 
 class AliasEventRead(BaseModel):

@@ -214,7 +214,7 @@ def resolve_version(session: Session, model: Model, ref: str) -> ModelVersion:
         if alias is None:
             raise VersionNotFound(f"Model '{model.name}' has no '{ref}' version yet")
         return repo.version_by_id(session, alias.version_id)
-    if not ref.isdigit():
+    if not (ref.isascii() and ref.isdigit()):
         raise VersionNotFound(f"A version reference is a number, 'latest' or 'production', got {ref[:40]!r}")
     v = repo.version_by_number(session, model.id, int(ref)) if len(ref) <= 9 else None
     if v is None:
@@ -275,7 +275,7 @@ def current_etag(session: Session, model_name: str, ref: str) -> str | None:
     right error)."""
     if ref in ALIASES:
         row = repo.etag_row(session, model_name, alias=ref)
-    elif ref.isdigit() and len(ref) <= 9:
+    elif ref.isascii() and ref.isdigit() and len(ref) <= 9:
         row = repo.etag_row(session, model_name, number=int(ref))
     else:
         return None

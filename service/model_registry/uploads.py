@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.errors import BadRequest, InvalidTensor, ValidationFailed
+from service.core.types import SUBJECT_ID_RULES, normalize_subject_id
 
 MAX_ROWS = 100_000
 SPLITS = ("core", "user", "eval")
@@ -57,10 +58,15 @@ def validate(x: np.ndarray, labels: np.ndarray, subject_ids: list[str], splits: 
     for i, s in enumerate(splits):
         if s not in SPLITS:
             raise ValidationFailed(f"split {s!r} at row {i} is not one of {list(SPLITS)}", row=i)
+    normalized = []
     for i, sid in enumerate(subject_ids):
-        if not isinstance(sid, str) or not sid.strip() or len(sid) > 256:
-            raise ValidationFailed(f"subject_id at row {i} must be 1-256 characters", row=i)
-    return ParsedUpload(x32, labels.astype(np.int64), list(subject_ids), list(splits))
+        if not isinstance(sid, str):
+            raise ValidationFailed(f"subject_id at row {i} must be a string", row=i)
+        try:
+            normalized.append(normalize_subject_id(sid))
+        except ValueError as exc:
+            raise ValidationFailed(f"subject_id at row {i}: {exc} ({SUBJECT_ID_RULES})", row=i, rule=str(exc)) from None
+    return ParsedUpload(x32, labels.astype(np.int64), normalized, list(splits))
 
 
 def _text(value) -> str:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from service.core.db import get_session
+from service.core.types import SubjectId
 from service.core.security import Principal, require
 from service.models import Role
 from service.subject.schemas import SubjectReceipt
@@ -56,7 +57,7 @@ install_log_redaction()
 def subject_receipt(
     request: Request,
     session: Annotated[Session, Depends(get_session, scope="function")],
-    subject_id: Annotated[str, Path(min_length=1, max_length=256)],
+    subject_id: Annotated[SubjectId, Path()],
     model: Annotated[str | None, Query(min_length=1, max_length=64, description="Only this model")] = None,
     _: Principal = Depends(require(Role.auditor)),
 ) -> SubjectReceipt:

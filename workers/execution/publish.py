@@ -23,6 +23,7 @@ import uuid
 from sqlalchemy import delete, func, select
 
 from service.audit.service import append_event, sign_checkpoint
+from service.core.db import mark_erased, scrub_deleted
 from service.core.jobs import QUEUE_DEFAULT, enqueue
 from service.job import repository as job_repo
 from service.job import service as job_service
@@ -57,6 +58,14 @@ def _held(info: dict, older: list[ModelVersion]) -> list[ModelVersion]:
 
 
 def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVersion:
+    """Publish in one transaction; once it has committed, scrub the erased raw subject ids'
+    old page images from the database files (SQLite's WAL; see ``scrub_deleted``)."""
+    version = _publish(rt, job_id, attempt, cp)
+    scrub_deleted(rt.engine)
+    return version
+
+
+def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVersion:
     collected, evald = cp["collect"], cp["evaluate"]
     solved = cp["solve"]
     now = utcnow()
@@ -150,6 +159,7 @@ def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVers
             req.status = RequestStatus.completed.value
             req.completed_at = now
             req.subject_id = None
+            mark_erased(session)
             req.open_key = None
             append_event(
                 session,

@@ -17,6 +17,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from sqlalchemy import func, select, update
 
+from service.core.db import read_session
 from service.models import ModelVersion, Sample, SampleChunk, VersionState
 from workers.execution.run import touch
 from workers.runtime import Runtime
@@ -32,7 +33,7 @@ def _referenced(session, uri: str) -> bool:
 
 def _delete_unreferenced(rt: Runtime, uris: list[str]) -> int:
     removed = 0
-    with rt.session_factory() as session:
+    with read_session(rt.session_factory) as session:
         for uri in dict.fromkeys(uris):
             if not _referenced(session, uri) and rt.store.delete(uri):
                 removed += 1
@@ -58,7 +59,7 @@ def _revoked_with_files(session, model_id: int):
 def purge_model(rt: Runtime, model_id: int) -> dict:
     rewritten = 0
     stale: list[str] = []
-    with rt.session_factory() as session:
+    with read_session(rt.session_factory) as session:
         candidates = _gap_chunks(session, model_id)
     for chunk_id in candidates:
         with rt.session_factory.begin() as session:

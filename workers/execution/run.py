@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from service.core.db import read_session
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry.samples import read_samples
@@ -202,7 +203,7 @@ def _save_step(rt: Runtime, job_id: uuid.UUID, attempt: int, step: JobStep, outp
 # ----------------------------------------------------------------------------- steps
 def _collect(rt: Runtime, job: Job, model: Model) -> dict:
     """Which subjects this job removes, what the model holds of them, and the parent version."""
-    with rt.session_factory() as session:
+    with read_session(rt.session_factory) as session:
         ids = [uuid.UUID(r) for r in (job.config or {}).get("request_ids", [])]
         keys = sorted({k for k in session.execute(select(DeletionRequest.subject_key).where(DeletionRequest.id.in_(ids))).scalars()}) if ids else []
         per_subject = {k: {"samples": 0, "core": 0, "user": 0, "min_user_sample_id": None} for k in keys}
@@ -232,7 +233,7 @@ def _collect(rt: Runtime, job: Job, model: Model) -> dict:
 
 
 def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, Any]:
-    with rt.session_factory() as session:
+    with read_session(rt.session_factory) as session:
         core = read_samples(session, rt.store, model.id, splits=[Split.core.value], exclude_subject_keys=exclude)
         user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
         ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
@@ -439,7 +440,7 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
         return "skipped"
     try:
         with Heartbeat(rt, job_id, attempt):
-            with rt.session_factory() as session:
+            with read_session(rt.session_factory) as session:
                 job = session.get(Job, job_id)
                 model = session.get(Model, job.model_id)
                 session.expunge_all()

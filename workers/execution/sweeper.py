@@ -13,19 +13,23 @@ Entry point :func:`sweep(rt, orphan_grace_s=...) <sweep>`. One round:
 * weights, private weights, sample chunks and temp files that no row references and that are
   older than ``orphan_grace_s`` are deleted (a crash between writing a file and committing the
   row that names it leaves such files);
-* sent outbox rows older than a day are deleted.
+* sent outbox rows older than a day are deleted;
+* erased raw subject ids leave no old row images behind: on PostgreSQL the requests table is
+  vacuumed when requests reached a final status since the last round (completed rows keep the
+  subject key only), on SQLite a pending WAL scrub is retried (``scrub_deleted``).
 """
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
+from service.core.db import read_session, scrub_deleted, vacuum_table
 from service.core.jobs import QUEUE_DEFAULT, enqueue
 from service.job import service as job_service
-from service.models import Job, JobStatus, Model, ModelVersion, OutboxMessage, SampleChunk
+from service.models import DeletionRequest, Job, JobStatus, Model, ModelVersion, OutboxMessage, SampleChunk
 from service.models._types import utcnow
 from workers.execution.purge import needs_purge
 from workers.execution.run import PRIVATE_PREFIX, WEIGHTS_PREFIX
@@ -119,7 +123,29 @@ def sweep(rt: Runtime, *, orphan_grace_s: float = ORPHAN_GRACE_S) -> dict:
     with rt.session_factory.begin() as session:
         _schedule_purges(session, rt, now, out)
         session.execute(delete(OutboxMessage).where(OutboxMessage.sent_at < now - OUTBOX_RETENTION))
-    with rt.session_factory() as session:
+    with read_session(rt.session_factory) as session:
         refs = _referenced_uris(session)
     out["orphans"] = _delete_orphans(rt, refs, orphan_grace_s)
+    out["vacuumed"] = _vacuum_erased(rt)
+    scrub_deleted(rt.engine)
     return out
+
+
+_last_vacuum: dict[str, datetime] = {}
+
+
+def _vacuum_erased(rt: Runtime) -> bool:
+    """PostgreSQL: ``VACUUM deletion_requests`` once requests were closed (raw id cleared) since
+    this process last did, so the dead row versions that still held raw ids are pruned."""
+    if rt.engine.dialect.name != "postgresql":
+        return False
+    with read_session(rt.session_factory) as session:
+        newest = session.execute(
+            select(func.max(DeletionRequest.updated_at)).where(DeletionRequest.subject_id.is_(None))
+        ).scalar()
+    key = str(rt.engine.url)
+    if newest is None or (key in _last_vacuum and newest <= _last_vacuum[key]):
+        return False
+    vacuum_table(rt.engine, DeletionRequest.__tablename__)
+    _last_vacuum[key] = newest
+    return True

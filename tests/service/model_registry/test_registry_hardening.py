@@ -124,7 +124,10 @@ def test_over_long_version_number_is_not_found(client, model):
     h = client.auth("operator")
     r = client.get("/v1/models/hard/versions/" + "9" * 25, headers=h)
     assert r.status_code == 404 and "has no version" in r.json()["detail"]
+    # A number beyond what the database holds is refused at the door (issue 10), not looked up.
     r = client.post("/v1/models/hard/aliases/production", json={"version": 10**20}, headers=h)
+    assert r.status_code == 422 and "body.version" in r.json()["detail"]
+    r = client.post("/v1/models/hard/aliases/production", json={"version": 2**31 - 1}, headers=h)
     assert r.status_code == 404 and "has no version" in r.json()["detail"]
 
 
