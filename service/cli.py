@@ -80,9 +80,11 @@ def _settings(embedded_dir: Path | None) -> Settings:
 
 def _in_transaction(settings: Settings, work):
     """Run ``work(session)`` in one committed transaction; problems exit 1 with their detail."""
+    from service.audit import keys as audit_keys
     from service.core.db import make_engine, make_session_factory
     from service.core.errors import ProblemError
 
+    audit_keys.configure(settings.audit)  # events written here link with this settings' key
     engine = make_engine(settings.database)
     try:
         with make_session_factory(engine).begin() as session:

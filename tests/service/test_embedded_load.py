@@ -59,6 +59,7 @@ class Load:
         self.cold = list(cold)
         self.filers = list(filers)
         self.lock = threading.Lock()
+        self.until = 0.0
         self.results: list[tuple[int, float, str]] = []
         self.cold_used = 0
         self.filed = 0
@@ -70,10 +71,10 @@ class Load:
                 return self.cold.pop()
         return self.warm
 
-    def client(self, seed: int, until: float) -> None:
+    def client(self, seed: int) -> None:
         rng = random.Random(seed)
         with httpx.Client(base_url=self.base, timeout=30) as c:
-            while time.monotonic() < until:
+            while time.monotonic() < self.until:
                 token = self._token(rng)
                 headers = {"Authorization": f"Bearer {token}"}
                 if seed % 4 == 0 and self.filers:
@@ -138,9 +139,11 @@ def loaded(tmp_path_factory) -> dict:
             f"/v1/subjects/{FORGET[2]}", "/v1/audit", "/v1/audit/verify", "/metrics", "/readyz", "/healthz",
         ]
         load = Load(srv.base, cold, warm, requesters[1:], paths)
+        # The load lasts LOAD_S and at least until the forget job has been running for a second
+        # (the job's child process imports torch first, which takes seconds on a loaded machine).
+        load.until = time.monotonic() + LOAD_S + 60
+        threads = [threading.Thread(target=load.client, args=(i,)) for i in range(CLIENTS)]
         start = time.monotonic()
-        until = start + LOAD_S
-        threads = [threading.Thread(target=load.client, args=(i, until)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
         time.sleep(0.3)
@@ -149,6 +152,8 @@ def loaded(tmp_path_factory) -> dict:
         load.record(r.status_code, time.perf_counter() - t0, "POST forget-now")
         assert r.status_code == 202, r.text
         forget_job = r.json()["id"]
+        _wait(c, f"/v1/jobs/{forget_job}", lambda j: j["status"] != "queued")
+        load.until = max(start + LOAD_S, time.monotonic() + 1.0)
         for t in threads:
             t.join(timeout=LOAD_S + 60)
         load_end = datetime.now().astimezone()

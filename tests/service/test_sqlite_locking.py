@@ -39,8 +39,7 @@ def embedded(tmp_path, monkeypatch) -> Iterator[tuple[TestClient, dict[str, str]
 def _hold_write_lock(path) -> sqlite3.Connection:
     other = sqlite3.connect(path, isolation_level=None, timeout=0.1)
     other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO api_tokens (name, role, token_hash, prefix, created_at) "
-                  "VALUES ('held', 'admin', 'x', 'x', '2026-01-01 00:00:00')")
+    other.execute("INSERT INTO clients (name, created_at) VALUES ('held', '2026-01-01 00:00:00')")
     return other
 
 
