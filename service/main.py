@@ -15,6 +15,7 @@ from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
 from service.core.limits import BodySizeLimitMiddleware
 from service.core.storage import ArtifactStore
+from workers.unlearning.methods import config_classes
 
 log = logging.getLogger("lethe.api")
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.method_configs = config_classes()  # every method's config, found once (torch-free)
         engine = make_engine(settings.database)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)

@@ -78,7 +78,7 @@ def get_model(session: Session, name: str) -> Model:
 
 
 def register(session: Session, data: ModelCreate, actor: str) -> Model:
-    model = Model(**{**data.model_dump(exclude={"method_config"}), "method_config": data.method_config.model_dump(mode="json")})
+    model = Model(**data.model_dump(exclude={"method_config"}), method_config=data.stored_method_config())
     try:
         with session.begin_nested():
             session.add(model)

@@ -22,6 +22,7 @@ from service.models.model_version import ModelVersion
 from service.models.outbox import OutboxMessage
 from service.models.sample import Sample, SampleChunk
 from service.models.subject_tombstone import SubjectTombstone
+from service.models.version_artifact import VersionArtifact
 
 __all__ = [
     "ACTIVE_JOB_STATUSES",
@@ -45,5 +46,6 @@ __all__ = [
     "SampleChunk",
     "Split",
     "SubjectTombstone",
+    "VersionArtifact",
     "VersionState",
 ]

@@ -38,6 +38,7 @@ from service.models import (
     RequestStatus,
     Sample,
     SubjectTombstone,
+    VersionArtifact,
     VersionState,
 )
 from service.models._types import utcnow
@@ -87,6 +88,9 @@ def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVers
         )
         session.add(version)
         session.flush()
+        for name, art in (evald.get("private_artifacts") or {"weights": {"uri": evald["private_uri"], "sha256": "", "size_bytes": 0}}).items():
+            session.add(VersionArtifact(version_id=version.id, name=name, uri=art["uri"], sha256=art.get("sha256", ""),
+                                        size_bytes=int(art.get("size_bytes", 0))))
 
         per_subject: dict[str, dict] = collected["per_subject"]
         keys = list(per_subject)

@@ -17,13 +17,15 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from sqlalchemy import func, select, update
 
-from service.models import ModelVersion, Sample, SampleChunk, VersionState
+from service.models import ModelVersion, Sample, SampleChunk, VersionArtifact, VersionState
 from workers.execution.run import touch
 from workers.runtime import Runtime
 
 
 def _referenced(session, uri: str) -> bool:
     if session.execute(select(func.count()).select_from(SampleChunk).where(SampleChunk.uri == uri)).scalar_one():
+        return True
+    if session.execute(select(func.count()).select_from(VersionArtifact).where(VersionArtifact.uri == uri)).scalar_one():
         return True
     return bool(session.execute(
         select(func.count()).select_from(ModelVersion).where((ModelVersion.artifact_uri == uri) | (ModelVersion.private_uri == uri))
@@ -48,10 +50,11 @@ def _gap_chunks(session, model_id: int) -> list[int]:
 
 
 def _revoked_with_files(session, model_id: int):
+    has_artifacts = select(VersionArtifact.version_id).where(VersionArtifact.version_id == ModelVersion.id).exists()
     return select(ModelVersion).where(
         ModelVersion.model_id == model_id,
         ModelVersion.state == VersionState.revoked.value,
-        (ModelVersion.artifact_uri.is_not(None)) | (ModelVersion.private_uri.is_not(None)),
+        (ModelVersion.artifact_uri.is_not(None)) | (ModelVersion.private_uri.is_not(None)) | has_artifacts,
     )
 
 
@@ -86,6 +89,10 @@ def purge_model(rt: Runtime, model_id: int) -> dict:
     with rt.session_factory.begin() as session:
         for v in session.execute(_revoked_with_files(session, model_id).with_for_update(skip_locked=True)).scalars():
             stale += [u for u in (v.artifact_uri, v.private_uri) if u]
+            arts = session.execute(select(VersionArtifact).where(VersionArtifact.version_id == v.id)).scalars().all()
+            stale += [a.uri for a in arts]
+            for a in arts:
+                session.delete(a)
             v.artifact_uri = None
             v.private_uri = None
     return {"chunks_rewritten": rewritten, "files_removed": _delete_unreferenced(rt, stale)}

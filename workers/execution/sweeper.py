@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 
 from service.core.jobs import QUEUE_DEFAULT, enqueue
 from service.job import service as job_service
-from service.models import Job, JobStatus, Model, ModelVersion, OutboxMessage, SampleChunk
+from service.models import Job, JobStatus, Model, ModelVersion, OutboxMessage, SampleChunk, VersionArtifact
 from service.models._types import utcnow
 from workers.execution.purge import needs_purge
 from workers.execution.run import PRIVATE_PREFIX, WEIGHTS_PREFIX
@@ -86,12 +86,24 @@ def _referenced_uris(session) -> set[str]:
     for a, p in session.execute(select(ModelVersion.artifact_uri, ModelVersion.private_uri)):
         refs.update(u for u in (a, p) if u)
     refs.update(session.execute(select(SampleChunk.uri)).scalars())
+    refs.update(session.execute(select(VersionArtifact.uri)).scalars())
     # Files of jobs in flight (their checkpoints name them before any version does).
     for cp in session.execute(select(Job.checkpoint).where(Job.status.in_([JobStatus.running.value, JobStatus.queued.value]))).scalars():
-        for step in (cp or {}).values():
-            if isinstance(step, dict):
-                refs.update(v for k, v in step.items() if k.endswith("uri") and isinstance(v, str))
+        _uris_in(cp or {}, refs)
     return refs
+
+
+def _uris_in(value, refs: set[str]) -> None:
+    """Every ``...uri`` string anywhere in a checkpoint (private artifacts are nested by name)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and k.endswith("uri"):
+                refs.add(v)
+            else:
+                _uris_in(v, refs)
+    elif isinstance(value, list):
+        for v in value:
+            _uris_in(v, refs)
 
 
 def _delete_orphans(rt: Runtime, refs: set[str], grace_s: float) -> int:

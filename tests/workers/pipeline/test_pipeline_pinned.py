@@ -14,7 +14,7 @@ from sqlalchemy import select
 from service.core.security import subject_key
 from service.job import service as job_service
 from service.model_registry.service import move_alias
-from service.models import DeletionRequest, Job, JobKind, JobStatus, Model, ModelAlias, ModelVersion, SampleChunk
+from service.models import DeletionRequest, Job, JobKind, JobStatus, Model, ModelAlias, ModelVersion, SampleChunk, VersionArtifact
 from workers.execution import run as run_mod
 from workers.execution.purge import purge_model
 from workers.execution.run import run_job
@@ -220,7 +220,10 @@ def test_purge_deletes_the_original_chunk_file_at_once(rt):
     assert run_job(rt, job_id) == "succeeded"
     with rt.session_factory() as s:
         v1 = _versions(s, model_id)[0]
-        revoked_files = [v1.artifact_uri, v1.private_uri]
+        arts = {a.name: a.uri for a in s.execute(select(VersionArtifact).where(VersionArtifact.version_id == v1.id)).scalars()}
+        # mixed_linear keeps the noise-free weights and the Gram sums of its affine head
+        assert set(arts) == {"weights", "gram"} and arts["weights"] == v1.private_uri
+        revoked_files = [v1.artifact_uri, *arts.values()]
     out = purge_model(rt, model_id)
     assert out["chunks_rewritten"] == 1
     with rt.session_factory() as s:
@@ -231,3 +234,5 @@ def test_purge_deletes_the_original_chunk_file_at_once(rt):
         assert not rt.store.exists(uri), uri
     for uri in after:
         assert rt.store.exists(uri)
+    with rt.session_factory() as s:
+        assert s.execute(select(VersionArtifact).where(VersionArtifact.version_id == v1.id)).first() is None
