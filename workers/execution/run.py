@@ -27,8 +27,6 @@ private noise-free file is the start of the next job and is never served.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 import traceback
@@ -39,14 +37,14 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import func, select
 
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import repository as registry_repo
 from service.model_registry.samples import read_samples
-from service.models import DeletionRequest, Job, JobKind, JobStatus, JobStep, Model, Sample, Split
-from service.models._types import utcnow
+from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
+from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, touch  # noqa: F401  (HOOKS: tests)
+from workers.execution.publish import publish
 from workers.runtime import Runtime
 from workers.unlearning.bounds import Bound
 from workers.unlearning.data import TensorSource
@@ -59,39 +57,6 @@ log = logging.getLogger("lethe.worker")
 STEPS = (JobStep.collect, JobStep.solve, JobStep.evaluate)
 RETAIN_EVAL_MAX = 2000
 PROGRESS_MIN_INTERVAL_S = 0.5
-PRIVATE_PREFIX = "private"
-WEIGHTS_PREFIX = "weights"
-
-# Test hooks: name -> callable run at that point ("solve", "after_solve", "before_publish",
-# "publish_before_commit"). Fault injection in the test suite only; empty in production.
-HOOKS: dict[str, Callable[[Job], None]] = {}
-
-
-def _hook(name: str, job: Job) -> None:
-    fn = HOOKS.get(name)
-    if fn is not None:
-        fn(job)
-
-
-class JobAbandoned(Exception):
-    """The job row says another attempt owns it, or it is no longer runnable."""
-
-
-def json_safe(value: Any) -> Any:
-    """JSON (and JSONB) safe: non-finite floats become "inf"/"-inf"/"nan", numpy scalars plain."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return str(value)
-
 
 def _bound_from(d: dict) -> Bound:
     fields = Bound.__dataclass_fields__
@@ -118,30 +83,10 @@ def _spec(model: Model) -> ModelSpec:
 
 # ----------------------------------------------------------------------------- claiming
 def claim(rt: Runtime, job_id: uuid.UUID) -> int | None:
-    """Take the job (running, attempts + 1) and return the attempt number, or None when there is
-    nothing to do: unknown or finished job, or a live worker holds it (a duplicate delivery)."""
-    s = rt.settings
+    """Take the job and return the attempt number (the fencing token), or None: nothing to do
+    (``service.job.service.claim`` decides, in a short transaction)."""
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status not in (JobStatus.queued.value, JobStatus.running.value):
-            return None
-        now = utcnow()
-        if job.status == JobStatus.running.value and job.heartbeat_at is not None:
-            age = (now - job_service._aware(job.heartbeat_at)).total_seconds()
-            if age < s.pipeline.heartbeat_timeout_s:
-                return None
-        if job.attempts >= job.max_attempts:
-            job_service.fail_job(session, s, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
-            return None
-        job.attempts += 1
-        job.status = JobStatus.running.value
-        job.started_at = job.started_at or now
-        job.heartbeat_at = now
-        return job.attempts
-
-
-def _owned(job_id: uuid.UUID, attempt: int):
-    return (Job.id == job_id) & (Job.status == JobStatus.running.value) & (Job.attempts == attempt)
+        return job_service.claim(session, rt.settings, job_id)
 
 
 class Heartbeat:
@@ -156,7 +101,7 @@ class Heartbeat:
         while not self.stop.wait(self.rt.settings.pipeline.heartbeat_interval_s):
             try:
                 with self.rt.session_factory.begin() as session:
-                    session.execute(Job.__table__.update().where(_owned(self.job_id, self.attempt)).values(heartbeat_at=utcnow()))
+                    job_service.beat(session, self.job_id, self.attempt)
             except Exception:  # noqa: BLE001 - a missed beat is retried next tick
                 log.warning("heartbeat failed for job %s", self.job_id)
 
@@ -182,43 +127,23 @@ class ProgressWriter:
         self.last = now
         data = json_safe({"step": self.step, **event})
         with self.rt.session_factory.begin() as session:
-            session.execute(Job.__table__.update().where(_owned(self.job_id, self.attempt)).values(progress=data, heartbeat_at=utcnow()))
+            job_service.beat(session, self.job_id, self.attempt, progress=data)
 
 
 def _save_step(rt: Runtime, job_id: uuid.UUID, attempt: int, step: JobStep, output: dict) -> dict:
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status != JobStatus.running.value or job.attempts != attempt:
-            raise JobAbandoned(f"job {job_id} is no longer ours ({job.status if job else 'gone'})")
-        cp = dict(job.checkpoint or {})
-        cp[step.value] = json_safe(output)
-        job.checkpoint = cp
-        job.step = step.value
-        job.progress = {"step": step.value, "done": True}
-        return cp
+        cp = job_service.save_step(session, job_id, attempt, step.value, json_safe(output))
+    if cp is None:
+        raise JobAbandoned(f"job {job_id} attempt {attempt} is no longer the owner")
+    return cp
 
 
 # ----------------------------------------------------------------------------- steps
 def _collect(rt: Runtime, job: Job, model: Model) -> dict:
     """Which subjects this job removes, what the model holds of them, and the parent version."""
     with rt.session_factory() as session:
-        ids = [uuid.UUID(r) for r in (job.config or {}).get("request_ids", [])]
-        keys = sorted({k for k in session.execute(select(DeletionRequest.subject_key).where(DeletionRequest.id.in_(ids))).scalars()}) if ids else []
-        per_subject = {k: {"samples": 0, "core": 0, "user": 0, "min_user_sample_id": None} for k in keys}
-        for part in job_repo._chunks(keys):
-            rows = session.execute(
-                select(
-                    Sample.subject_key,
-                    func.count(),
-                    func.count().filter(Sample.split == Split.core.value),
-                    func.count().filter(Sample.split == Split.user.value),
-                    func.min(Sample.id).filter(Sample.split == Split.user.value),
-                )
-                .where(Sample.model_id == model.id, Sample.subject_key.in_(part))
-                .group_by(Sample.subject_key)
-            ).all()
-            for key, n, core, user, min_user in rows:
-                per_subject[key] = {"samples": int(n), "core": int(core), "user": int(user), "min_user_sample_id": min_user}
+        keys = job_repo.subjects_of_requests(session, [uuid.UUID(r) for r in (job.config or {}).get("request_ids", [])])
+        per_subject = job_repo.subject_holdings(session, model.id, keys)
         parent = job_repo.newest_live_version(session, model.id)
         parent_artifacts = registry_repo.private_artifacts(session, parent) if parent else None
     return {
@@ -246,12 +171,6 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, An
         "forget": TensorSource(forget.x, forget.y, cs) if forget is not None and len(forget) else None,
         "watermark": int(user.ids.max()) if len(user) else None,
     }
-
-
-def touch(rt: Runtime, uri: str) -> None:
-    """Refresh the mtime of a content-addressed file we just (re)wrote: when identical content
-    already existed, the store kept the old file, and the orphan sweeper judges age by mtime."""
-    os.utime(rt.store.path(uri))
 
 
 def _put(rt: Runtime, data: bytes, prefix: str) -> dict:
@@ -378,9 +297,9 @@ def _solve(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict) -
         parent = {method.private_artifacts[0]: collected["parent_private_uri"]}
     ctx = SolveContext(rt, job, model, method, cfg, data, parent, ProgressWriter(rt, job.id, attempt, JobStep.solve.value))
     t0 = time.perf_counter()
-    _hook("solve", job)
+    hook("solve", job)
     solved = SOLVE_STEPS[JobKind(job.kind)](ctx)
-    _hook("after_solve", job)
+    hook("after_solve", job)
     private = _put_private(rt, method, solved.model, model)
     return {
         "private_uri": private[method.private_artifacts[0]]["uri"],
@@ -500,9 +419,7 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
             if JobStep.evaluate.value not in cp:
                 cp = _save_step(rt, job_id, attempt, JobStep.evaluate,
                                 _evaluate(rt, job, attempt, model, cp["collect"], cp["solve"]))
-            _hook("before_publish", job)
-            from workers.execution.publish import publish
-
+            hook("before_publish", job)
             publish(rt, job_id, attempt, cp)
         return JobStatus.succeeded.value
     except JobAbandoned as exc:
@@ -513,19 +430,10 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
 
 
 def _record_failure(rt: Runtime, job_id: uuid.UUID, attempt: int, exc: Exception) -> str:
-    """Back to ``queued`` (re-sent through the outbox) or, past ``max_attempts`` or on an error
-    that cannot go away by retrying (bad data or config), ``failed`` with the error."""
+    """Back to ``queued`` or ``failed`` (``service.job.service.record_failure``); an error that
+    cannot go away by retrying (bad data or config) fails the job at once."""
     err = f"{type(exc).__name__}: {exc}"
     log.error("job %s attempt %s failed: %s", job_id, attempt, err)
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status != JobStatus.running.value or job.attempts != attempt:
-            return "abandoned"
-        job.error = (err + "\n" + traceback.format_exc())[-4000:]
-        if job.attempts >= job.max_attempts or isinstance(exc, (ConfigError, InvalidDataError)):
-            job_service.fail_job(session, rt.settings, job, err)
-            return JobStatus.failed.value
-        job.status = JobStatus.queued.value
-        job.progress = {**(job.progress or {}), "retrying": True}
-        job_service.enqueue_run(session, job)
-    return "retrying"
+        return job_service.record_failure(session, rt.settings, job_id, attempt, err, traceback.format_exc(),
+                                          permanent=isinstance(exc, (ConfigError, InvalidDataError)))
