@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.job.router import router as job_router
     from service.model_registry.router import router as registry_router
     from service.subject.router import router as subject_router
-    from service.core.metrics import router as metrics_router
+    from service.metrics.router import router as metrics_router
 
     app.include_router(deletion_router)
     app.include_router(registry_router)

@@ -6,13 +6,9 @@ from collections.abc import Iterator
 
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import DatabaseSettings
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 def make_engine(db: DatabaseSettings) -> Engine:

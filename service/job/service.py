@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from service.audit.service import append_event
 from service.core.config import Settings
 from service.core.errors import Conflict, IllegalTransition, NotFound
-from service.core.jobs import QUEUE_DEFAULT, QUEUE_GPU, enqueue
+from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
 from service.deletion_request.service import close_request
 from service.job import repository as repo
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)

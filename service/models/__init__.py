@@ -1,6 +1,6 @@
 """All tables, imported here so that Alembic sees the full metadata."""
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models.alias import AliasEvent, ModelAlias
 from service.models.api_token import ApiToken
 from service.models.audit_event import AuditEvent

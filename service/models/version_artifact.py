@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 
 
 class VersionArtifact(Base):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from service.core import jobs as outbox
+from service.job import outbox
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import purge as registry_purge
