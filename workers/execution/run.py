@@ -13,15 +13,17 @@ embedded runner, a benchmark or a test). It
    Progress (phase, iteration, residual) is written at most every 0.5 s;
 4. publishes in ONE transaction (:mod:`workers.execution.publish`).
 
-Kinds: ``train`` (core on the ``core`` split, user weights fitted on the ``user`` split),
-``forget`` (Newton step on D_r from the parent's PRIVATE noise-free weights), ``zero``
-(w_u := 0, bound exactly 0) and ``retrain`` (user weights refitted from 0 on D_r; the core too
-when a subject has core samples). A forget that fails its gates (§6.6) first runs more
-iterations at a tighter tolerance, then falls back to zero + retrain; the checkpoint, the version's
-bound and the audit event record why.
+Kinds: a ``JobKind -> step`` table (:data:`SOLVE_STEPS`) says what each kind computes; every
+step calls the model's method through the registry's interface
+(``workers.unlearning.methods.base.ForgettingMethod``), so no method is named here. ``train``
+(prepare on the ``core`` split, train on ``user``), ``forget`` (from the parent's PRIVATE state),
+``zero`` and ``retrain`` (where the method's family has them). A forget that fails its gates
+(§6.6) first runs the method's tighter settings, then falls back to zero + retrain; the
+checkpoint, the version's bound and the audit event record why.
 
-Weights files are content-addressed and written atomically (temp file, fsync, rename); the
-private noise-free file is the start of the next job and is never served.
+Files are content-addressed and written atomically (temp file, fsync, rename); the private
+artifacts (the method's ``private_artifacts``: noise-free weights, Gram sums, ...) are the start
+of the next job, are listed per version (``version_artifacts``) and are never served.
 """
 
 from __future__ import annotations
