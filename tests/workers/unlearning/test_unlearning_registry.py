@@ -42,11 +42,38 @@ def _variant(**attrs):
     ({"private_artifacts": ()}, "private_artifacts"),
     ({"private_artifacts": ("weights", "weights")}, "private_artifacts"),
     ({"release": None}, "missing operations"),
+    ({"zero": None}, "missing operations"),  # the family has zero (supports says so) but no operation
+    ({"private_artifacts": ("Weights",)}, "private_artifacts"),
+    ({"private_artifacts": ["weights"]}, "private_artifacts"),
 ])
 def test_register_refuses_an_invalid_entry(attrs, needle):
     with pytest.raises(ConfigError, match=needle):
         register(_variant(**attrs))
     assert "reg_probe" not in list_methods() and "reg_probe" not in config_classes()
+
+
+@pytest.mark.parametrize("absent", ["name", "guarantee", "families", "kinds", "config_cls", "private_artifacts", "train", "supports", None])
+def test_register_refuses_an_entry_missing_an_attribute_with_a_config_error(absent):
+    attrs = {k: getattr(_Probe, k) for k in ("name", "guarantee", "families", "kinds", "config_cls", "private_artifacts")}
+    attrs.update({op: getattr(_Probe, op) for op in REQUIRED})
+    if absent is not None:
+        del attrs[absent]
+    # with nothing else absent, ``zero``/``retrain`` are: ``supports`` says the family has them
+    with pytest.raises(ConfigError):
+        register(type("Bare", (), attrs)())
+    assert "reg_probe" not in list_methods()
+
+
+def test_register_accepts_every_family_and_kind_at_once():
+    from workers.unlearning.methods import FAMILIES, KINDS
+
+    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS)))
+    unregister("reg_probe")
+
+
+def test_unregister_of_an_unknown_name_is_a_no_op():
+    unregister("never_registered")
+    assert "never_registered" not in list_methods()
 
 
 def test_register_refuses_a_config_that_allows_unknown_keys():
