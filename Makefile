@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test services browser bench clean
+.PHONY: setup run test services browser bench clean mutate mutate-pinned
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,5 +34,16 @@ bench: setup services
 	$(BIN)/python bench/forgetting.py
 	$(BIN)/python bench/pipeline.py
 
+## Mutation testing (not in CI; hours on two cores): mutmut over the state machines and the math,
+## configured in pyproject.toml [tool.mutmut]. Survivors are listed by `mutmut results`.
+mutate: setup services
+	$(BIN)/pip install -q -e '.[mutation]'
+	$(BIN)/mutmut run $(MUTATE_ARGS)
+	$(BIN)/mutmut results
+
+## The one-line bugs of issue 11, each applied alone against the test that pins it (minutes).
+mutate-pinned: setup services
+	$(BIN)/python tests/mutation/pinned_mutants.py
+
 clean:
-	rm -rf $(VENV) var test-artifacts .pytest_cache
+	rm -rf $(VENV) var test-artifacts .pytest_cache mutants

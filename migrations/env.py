@@ -7,7 +7,7 @@ from sqlalchemy import engine_from_config, pool
 
 import service.models  # noqa: F401  (registers every table)
 from service.core.config import get_settings
-from service.core.db import Base
+from service.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -15,6 +15,7 @@ from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
 from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
 from service.core.storage import ArtifactStore
+from workers.unlearning.methods import config_classes
 
 log = logging.getLogger("lethe.api")
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.method_configs = config_classes()  # every method's config, found once (torch-free)
         engine = make_engine(settings.database)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
@@ -56,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.job.router import router as job_router
     from service.model_registry.router import router as registry_router
     from service.subject.router import router as subject_router
-    from service.core.metrics import router as metrics_router
+    from service.metrics.router import router as metrics_router
 
     app.include_router(deletion_router)
     app.include_router(registry_router)

@@ -51,13 +51,9 @@ HERE = Path(__file__).resolve().parent
 PREFIX = "/admin"
 FLASH = "lethe_admin_flash"
 REQUEST_ACTIONS = ("approve", "deny", "cancel", "retry")
-# Which request actions a status allows (the service is the judge; this only hides useless buttons).
-ACTIONS_FROM = {
-    "approve": {"received", "awaiting_approval"},
-    "deny": {"received", "awaiting_approval"},
-    "cancel": {"received", "awaiting_approval", "queued"},
-    "retry": {"failed"},
-}
+# Which request actions a status allows: derived from the service's own transition table, so a
+# button is shown exactly when the service would accept the action.
+ACTIONS_FROM = {action: {s.value for s in requests_service.TRANSITIONS[action][0]} for action in REQUEST_ACTIONS}
 JOB_STEPS = [s.value for s in JobStep]
 CHART_VERSIONS = 60
 VERSIONS_PER_PAGE = 50

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import DatabaseSettings
 
@@ -35,10 +35,6 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_CHECKPOINT_WAIT_MS = 2000
 _READ = "lethe_read_only"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 def make_engine(db: DatabaseSettings) -> Engine:

@@ -338,6 +338,33 @@ def _read_row(session: Session, row: DeletionRequest) -> DeletionRequestRead:
 
 # ----------------------------------------------------------------------------- transitions
 
+def close_request(
+    session: Session,
+    row: DeletionRequest,
+    status: RequestStatus,
+    *,
+    actor: str,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime | None = None,
+) -> None:
+    """The one way a request reaches a final status (completed, denied, cancelled), used by the
+    API and the dashboard (:func:`transition`), the scheduler and the publishing worker: the
+    status, the raw subject id and the open key cleared, the audit event appended."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"{status.value} is not a final status")
+    now = now or utcnow()
+    row.status = status.value
+    row.updated_at = now
+    if status is RequestStatus.completed:
+        row.completed_at = now
+    row.subject_id = None
+    row.open_key = None
+    mark_erased(session)  # embedded SQLite: scrub the WAL of the raw id after this commits
+    session.flush()
+    append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+
+
 # action -> (statuses it may start from, status it leads to, audit event kind)
 TRANSITIONS: dict[str, tuple[frozenset[RequestStatus], RequestStatus, str]] = {
     "cancel": (
@@ -402,13 +429,12 @@ def transition(
             )
         row.error = None
         row.attempts = 0
+    if target in FINAL_STATUSES:
+        close_request(session, row, target, actor=actor, kind=kind, payload=payload, now=now)
+        return _read_row(session, row)
     row.status = target.value
     row.updated_at = now
-    if target in FINAL_STATUSES:
-        row.open_key = None
-        row.subject_id = None
-        mark_erased(session)
-    elif target in OPEN_REQUEST_STATUSES:
+    if target in OPEN_REQUEST_STATUSES:
         row.open_key = open_key_for(row.subject_key, row.model_id, row.client_id)
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)

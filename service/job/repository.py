@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.models import DeletionRequest, Job, Model, ModelVersion, RequestStatus, Sample, Split, VersionState
+from service.models import DeletionRequest, Job, JobStatus, Model, ModelVersion, OutboxMessage, RequestStatus, Sample, Split, VersionState
 
 # Bound parameters per IN (...) list: far below PostgreSQL's and SQLite's limits.
 IN_CHUNK = 1000
@@ -150,3 +150,49 @@ def newest_live_version(session: Session, model_id: int) -> ModelVersion | None:
         .order_by(ModelVersion.number.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+def unfinished_jobs_for_update(session: Session) -> list[Job]:
+    """``running`` and ``queued`` jobs, locked (rows another sweeper holds are skipped)."""
+    return list(session.execute(
+        select(Job).where(Job.status.in_([JobStatus.running.value, JobStatus.queued.value])).with_for_update(skip_locked=True)
+    ).scalars())
+
+
+def last_outbox_message(session: Session, task_id: str) -> OutboxMessage | None:
+    return session.execute(
+        select(OutboxMessage).where(OutboxMessage.task_id == task_id).order_by(OutboxMessage.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def unfinished_checkpoints(session: Session) -> list[dict]:
+    return [cp or {} for cp in session.execute(
+        select(Job.checkpoint).where(Job.status.in_([JobStatus.running.value, JobStatus.queued.value]))
+    ).scalars()]
+
+
+def subjects_of_requests(session: Session, request_ids: Sequence[uuid.UUID]) -> list[str]:
+    if not request_ids:
+        return []
+    return sorted(set(session.execute(select(DeletionRequest.subject_key).where(DeletionRequest.id.in_(request_ids))).scalars()))
+
+
+def subject_holdings(session: Session, model_id: int, keys: Sequence[str]) -> dict[str, dict]:
+    """Per subject: its samples in the model, by split, and its lowest ``user`` sample id (the
+    collect step's query)."""
+    out = {k: {"samples": 0, "core": 0, "user": 0, "min_user_sample_id": None} for k in keys}
+    for part in _chunks(list(keys)):
+        rows = session.execute(
+            select(
+                Sample.subject_key,
+                func.count(),
+                func.count().filter(Sample.split == Split.core.value),
+                func.count().filter(Sample.split == Split.user.value),
+                func.min(Sample.id).filter(Sample.split == Split.user.value),
+            )
+            .where(Sample.model_id == model_id, Sample.subject_key.in_(part))
+            .group_by(Sample.subject_key)
+        ).all()
+        for key, n, core, user, min_user in rows:
+            out[key] = {"samples": int(n), "core": int(core), "user": int(user), "min_user_sample_id": min_user}
+    return out

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.db import mark_erased
 from service.core.errors import Conflict, IllegalTransition, NotFound
-from service.core.jobs import QUEUE_GPU, enqueue
+from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
+from service.deletion_request.service import close_request
 from service.job import repository as repo
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
@@ -157,21 +157,11 @@ def create_job(
 
 def _complete_at_once(session: Session, req: DeletionRequest, now: datetime, note: str) -> None:
     """A request with nothing (left) to remove: completed now, raw subject id cleared."""
-    req.status = RequestStatus.completed.value
     req.samples_removed = req.samples_removed or 0
     req.held_versions = req.held_versions or []
-    req.completed_at = now
-    req.subject_id = None
-    mark_erased(session)
-    req.open_key = None
     req.job_id = None if req.model_id is None else req.job_id
-    append_event(
-        session,
-        actor=SYSTEM,
-        kind="request.completed",
-        subject_key=req.subject_key,
-        payload={"request_id": str(req.id), "samples_removed": req.samples_removed, "note": note},
-    )
+    close_request(session, req, RequestStatus.completed, actor=SYSTEM, kind="request.completed", now=now,
+                  payload={"request_id": str(req.id), "samples_removed": req.samples_removed, "note": note})
 
 
 def schedule(session: Session, settings: Settings, *, now: datetime | None = None, force_model_id: int | None = None) -> list[Job]:
@@ -335,3 +325,134 @@ def list_jobs(session: Session, *, model_id: int | None = None, status: str | No
 
 def is_active(job: Job) -> bool:
     return job.status in {s.value for s in ACTIVE_JOB_STATUSES}
+
+
+# ----------------------------------------------------------------------------- worker lifecycle
+# The worker (``workers.execution``) computes; these functions are every state change it makes
+# to a job. The attempt number is the fencing token: a write names the attempt it belongs to and
+# changes nothing when another attempt owns the job.
+def exhausted(job: Job) -> bool:
+    """The one rule: a job that has used ``max_attempts`` is not run again (it ends ``failed``)."""
+    return job.attempts >= job.max_attempts
+
+
+def owned_by(job: Job | None, attempt: int) -> bool:
+    return job is not None and job.status == JobStatus.running.value and job.attempts == attempt
+
+
+def lock_owned(session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
+    """The job row, locked, when ``attempt`` still owns it; else None (abandon the work)."""
+    job = repo.job_for_update(session, job_id)
+    return job if owned_by(job, attempt) else None
+
+
+def claim(session: Session, settings: Settings, job_id: uuid.UUID, *, now: datetime | None = None) -> int | None:
+    """Take the job (running, attempts + 1) and return the attempt number, or None when there is
+    nothing to do: unknown or finished job, or a live worker holds it (a duplicate delivery). A
+    job already at ``max_attempts`` ends ``failed`` and its requests go back to the queue."""
+    job = repo.job_for_update(session, job_id)
+    if job is None or job.status not in (JobStatus.queued.value, JobStatus.running.value):
+        return None
+    now = now or utcnow()
+    if job.status == JobStatus.running.value and job.heartbeat_at is not None:
+        if (now - _aware(job.heartbeat_at)).total_seconds() < settings.pipeline.heartbeat_timeout_s:
+            return None
+    if exhausted(job):
+        fail_job(session, settings, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
+        return None
+    job.attempts += 1
+    job.status = JobStatus.running.value
+    job.started_at = job.started_at or now
+    job.heartbeat_at = now
+    return job.attempts
+
+
+def beat(session: Session, job_id: uuid.UUID, attempt: int, *, progress: dict | None = None) -> None:
+    """Heartbeat (and progress) of the attempt that owns the job; nothing for a superseded one."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt).values(**values)
+    )
+
+
+def save_step(session: Session, job_id: uuid.UUID, attempt: int, step: str, output: dict) -> dict | None:
+    """Record a finished step's output in the checkpoint; None when ``attempt`` lost the job."""
+    job = lock_owned(session, job_id, attempt)
+    if job is None:
+        return None
+    cp = dict(job.checkpoint or {})
+    cp[step] = output
+    job.checkpoint = cp
+    job.step = step
+    job.progress = {"step": step, "done": True}
+    return cp
+
+
+def record_failure(session: Session, settings: Settings, job_id: uuid.UUID, attempt: int, error: str, detail: str,
+                   *, permanent: bool) -> str:
+    """Back to ``queued`` (re-sent through the outbox) or, past ``max_attempts`` or for an error
+    that retrying cannot fix (``permanent``), ``failed``. "abandoned" when the attempt lost the job."""
+    job = lock_owned(session, job_id, attempt)
+    if job is None:
+        return "abandoned"
+    job.error = (error + "\n" + detail)[-4000:]
+    if exhausted(job) or permanent:
+        fail_job(session, settings, job, error)
+        return JobStatus.failed.value
+    job.status = JobStatus.queued.value
+    job.progress = {**(job.progress or {}), "retrying": True}
+    enqueue_run(session, job)
+    return "retrying"
+
+
+def requeue_stale(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
+    """The sweeper's job round: ``running`` jobs whose heartbeat stopped and ``queued`` jobs whose
+    message was lost go back to ``queued`` (re-sent); at ``max_attempts`` they end ``failed``."""
+    out = {"requeued": 0, "failed": 0}
+    stale = timedelta(seconds=settings.pipeline.heartbeat_timeout_s)
+    for job in repo.unfinished_jobs_for_update(session):
+        if job.status == JobStatus.running.value:
+            beat_at = job.heartbeat_at or job.started_at or job.created_at
+            if now - _aware(beat_at) < stale:
+                continue
+            why = "worker lost (heartbeat stopped)"
+        else:
+            last = repo.last_outbox_message(session, str(job.id))
+            if last is not None and (last.sent_at is None or now - _aware(last.sent_at) < stale):
+                continue  # not sent yet, or sent recently
+            if last is None and now - _aware(job.updated_at or job.created_at) < stale:
+                continue
+            why = "message lost (sent but never started)"
+        if exhausted(job):
+            fail_job(session, settings, job, job.error or f"{why}; gave up after {job.attempts} attempts")
+            out["failed"] += 1
+            continue
+        job.status = JobStatus.queued.value
+        job.error = f"{why}; re-sent by the sweeper"
+        enqueue_run(session, job)
+        out["requeued"] += 1
+    return out
+
+
+def succeed_job(session: Session, settings: Settings, job: Job, version_id: int, number: int, *, parent_version_id: int | None,
+                metrics: dict, now: datetime, actor: str) -> None:
+    """The job published ``version_id``: ``succeeded``; a zero job asked to be followed by a
+    retrain gets it now (the model's active slot is free from here)."""
+    job.status = JobStatus.succeeded.value
+    job.active_key = None
+    job.step = "publish"
+    job.result_version_id = version_id
+    job.parent_version_id = parent_version_id
+    job.metrics = metrics
+    job.finished_at = now
+    job.progress = {"step": "publish", "done": True, "version": number}
+    if job.kind == JobKind.zero.value and (job.config or {}).get("then_retrain"):
+        session.flush()
+        model = session.get(Model, job.model_id)
+        create_job(session, settings, model, JobKind.retrain, actor=actor, config={"reason": f"refit user weights after zero job {job.id}"})
+
+
+def enqueue_purge(session: Session, model_id: int, task_id: str) -> None:
+    enqueue(session, TASK_PURGE, task_id=task_id, args=[model_id], queue=QUEUE_DEFAULT)

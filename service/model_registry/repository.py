@@ -20,6 +20,7 @@ from service.models import (
     ModelVersion,
     Sample,
     SubjectTombstone,
+    VersionArtifact,
 )
 
 # Bits of the alias set of a version, folded into its manifest ETag (see ``etag_row``).
@@ -204,3 +205,12 @@ def version_numbers(session: Session, model_id: int) -> dict[int, int]:
             select(ModelVersion.id, ModelVersion.number).where(ModelVersion.model_id == model_id)
         ).all()
     }
+
+
+def private_artifacts(session: Session, version: ModelVersion) -> dict[str, str]:
+    """Name -> uri of every private file ``version`` keeps (``private_uri`` alone for a version
+    published before the artifacts were listed)."""
+    rows = dict(session.execute(select(VersionArtifact.name, VersionArtifact.uri).where(VersionArtifact.version_id == version.id)).all())
+    if not rows and version.private_uri:
+        rows = {"weights": version.private_uri}
+    return rows

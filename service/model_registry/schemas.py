@@ -3,9 +3,12 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+# The one exception to "service never imports workers": the torch-free method configs (DESIGN §6.8).
+from workers.unlearning.methods import config_classes
 
 from service.core.types import INT32_MAX, PastDateTime, SubjectId
 
@@ -28,25 +31,12 @@ def _json_safe(value: Any, path: str = "") -> None:
             _json_safe(v, f"{path}[{i}]")
 
 
-class ForgettingSettings(BaseModel):
-    """The forgetting settings of a model (the ``mixed_linear`` method's keys)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    l2: float = Field(1e-3, gt=0, description="μ")
-    target_scale: float = Field(1.0, gt=0, description="κ")
-    noise_std: float = Field(3e-4, ge=0, description="s")
-    tol: float = Field(1e-9, gt=0)
-    max_iter: int = Field(2000, ge=1)
-    max_newton_steps: int = Field(4, ge=1)
-    chunk_size: int = Field(4096, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    core_epochs: int = Field(30, ge=0)
-    core_lr: float = Field(1e-2, gt=0)
-    core_batch_size: int = Field(128, ge=1)
-    max_kl_per_release: float = Field(1e-3, ge=0)
-    max_accuracy_drop: float = Field(0.01, ge=0)
-    seed: int = 0
+# One config source (DESIGN §6.8): ``method_config`` is validated by the method's own config class,
+# a discriminated union over every method's config, built when this module is imported (at app
+# start). Unknown methods and unknown keys are a 422 naming the field.
+_CONFIGS = config_classes()
+MethodName = Literal.__getitem__(tuple(sorted(_CONFIGS)))  # type: ignore[misc]
+MethodConfigUnion = Annotated[Union[tuple(_CONFIGS.values())], Field(discriminator="method")]  # type: ignore[misc]  # noqa: UP007
 
 
 class ModelCreate(BaseModel):
@@ -59,8 +49,8 @@ class ModelCreate(BaseModel):
     input_shape: list[StrictInt] = Field(min_length=1, max_length=4)
     num_classes: int = Field(ge=2, le=100_000)
     linearize: str = "all"
-    method: Literal["mixed_linear"] = "mixed_linear"
-    method_config: ForgettingSettings = Field(default_factory=ForgettingSettings)
+    method: MethodName = Field("mixed_linear", description="a registered forgetting method (its config is method_config)")
+    method_config: MethodConfigUnion = Field(description="the method's settings; unknown keys are refused")
     batch_window_s: int = Field(3600, ge=0, le=INT32_MAX)
     batch_size: int = Field(100, ge=1, le=INT32_MAX)
     auto_approve: bool = True
@@ -72,6 +62,27 @@ class ModelCreate(BaseModel):
     def _arch_config(cls, v: dict[str, Any]) -> dict[str, Any]:
         _json_safe(v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_into_config(cls, data: Any) -> Any:
+        """The config's discriminator is the model's ``method``: clients do not repeat it."""
+        if isinstance(data, dict):
+            method = data.get("method", "mixed_linear")
+            raw = data.get("method_config") or {}
+            if isinstance(raw, dict) and isinstance(method, str):
+                data = {**data, "method_config": {"method": method, **raw}}
+        return data
+
+    @model_validator(mode="after")
+    def _same_method(self) -> "ModelCreate":
+        if self.method_config.method != self.method:
+            raise ValueError(f"method_config.method {self.method_config.method!r} is not the model's method {self.method!r}")
+        return self
+
+    def stored_method_config(self) -> dict[str, Any]:
+        """Every key with its value or default; ``method`` is its own column."""
+        return self.method_config.model_dump(mode="json", exclude={"method"})
 
     @field_validator("linearize")
     @classmethod

@@ -82,7 +82,7 @@ def get_model(session: Session, name: str) -> Model:
 def register(session: Session, data: ModelCreate, actor: str, settings: Settings | None = None) -> Model:
     """Check the architecture against the registry and the limits (422, nothing written), then insert."""
     settings = settings or get_settings()
-    method_config = data.method_config.model_dump(mode="json")
+    method_config = data.stored_method_config()
     arch_config = architectures.validate(settings, data.architecture, data.architecture_config, data.input_shape,
                                          data.num_classes, data.linearize, method_config)
     model = Model(**{**data.model_dump(exclude={"method_config"}), "architecture_config": arch_config, "method_config": method_config})

@@ -1,6 +1,6 @@
 """All tables, imported here so that Alembic sees the full metadata."""
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models.alias import AliasEvent, ModelAlias
 from service.models.api_token import ApiToken
 from service.models.audit_checkpoint import AuditCheckpoint
@@ -24,6 +24,7 @@ from service.models.model_version import ModelVersion
 from service.models.outbox import OutboxMessage
 from service.models.sample import Sample, SampleChunk
 from service.models.subject_tombstone import SubjectTombstone
+from service.models.version_artifact import VersionArtifact
 
 __all__ = [
     "ACTIVE_JOB_STATUSES",
@@ -49,5 +50,6 @@ __all__ = [
     "SampleChunk",
     "Split",
     "SubjectTombstone",
+    "VersionArtifact",
     "VersionState",
 ]

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models._types import TZDateTime, utcnow
 
 

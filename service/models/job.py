@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models._types import JSONType, TZDateTime, new_uuid, utcnow
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models._types import JSONType, TZDateTime, utcnow
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models._types import BigIntPK, JSONType, TZDateTime, utcnow
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.core.db import Base
+from service.models.base import Base
 from service.models._types import BigIntPK, TZDateTime, utcnow
 
 

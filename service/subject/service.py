@@ -32,6 +32,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from service.core.security import subject_key
+from service.job import repository as job_repo
+from service.model_registry.publication import held_versions
 from service.model_registry.service import get_model
 from service.models import DeletionRequest, Model, ModelAlias, ModelVersion, RequestStatus, Sample, Split, SubjectTombstone, VersionState
 from service.subject.schemas import (
@@ -126,19 +128,12 @@ def _model_receipt(
     remaining = int(sum(remaining_by_split.values()))
 
     held: set[int] = {h.number for r in out_reqs for h in r.held_versions if h.model == name}
-    if remaining_by_split.get(Split.core.value):
-        held |= set(session.execute(
-            select(ModelVersion.number).where(ModelVersion.model_id == mid, ModelVersion.state == VersionState.live.value)
-        ).scalars())
-    elif remaining_by_split.get(Split.user.value):
-        lowest = session.execute(
-            select(func.min(Sample.id)).where(Sample.model_id == mid, Sample.subject_key == key, Sample.split == Split.user.value)
-        ).scalar_one()
-        held |= set(session.execute(
-            select(ModelVersion.number).where(
-                ModelVersion.model_id == mid, ModelVersion.state == VersionState.live.value, ModelVersion.sample_watermark >= lowest
-            )
-        ).scalars())
+    if remaining_by_split.get(Split.core.value) or remaining_by_split.get(Split.user.value):
+        holding = job_repo.subject_holdings(session, mid, [key])[key]
+        live = session.execute(
+            select(ModelVersion).where(ModelVersion.model_id == mid, ModelVersion.state == VersionState.live.value)
+        ).scalars()
+        held |= {v.number for v in held_versions(live, holding)}  # the rule publish revokes by
 
     # First clean version after the most recent deletion (see the module docstring).
     candidates = [v for v in (clean_by_id.get(r.clean_version_id) for r in reqs if r.clean_version_id) if v is not None and v.model_id == mid]

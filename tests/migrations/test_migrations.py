@@ -64,3 +64,17 @@ def test_migrations_also_build_sqlite_for_embedded_mode(tmp_path):
     assert _diff(url) == []
     migrate.downgrade(url, "base")
     assert _tables(url) == set()
+
+
+def test_the_migration_tree_has_exactly_one_head_and_one_base():
+    """Several issues add migrations at once: a second head (two migrations on the same parent)
+    makes ``alembic upgrade head`` fail in production. Rebase the newer one onto the other."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config("postgresql://unused"))
+    heads = script.get_heads()
+    assert len(heads) == 1, f"more than one Alembic head: {heads}; set down_revision of the newer one to the other"
+    assert len(script.get_bases()) == 1
+    # every revision reaches the head: the chain is linear
+    chain = [r.revision for r in script.walk_revisions()]
+    assert len(chain) == len(set(chain)) == len(list(script.walk_revisions("base", heads[0])))

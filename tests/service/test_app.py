@@ -35,7 +35,10 @@ def test_readyz_fails_when_broker_unreachable(settings):
 
 
 def test_importing_the_api_does_not_import_torch():
-    code = "import sys, service.main, service.cli; service.main.create_app; print('torch' in sys.modules)"
+    code = ("import sys, service.main, service.cli; from service.model_registry.schemas import ModelCreate; "
+            "ModelCreate(name='a', architecture='mlp', input_shape=[2], num_classes=2, method_config={'l2': 0.1}); "
+            "from workers.unlearning.methods import config_classes; assert 'mixed_linear' in config_classes(); "
+            "service.main.create_app; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

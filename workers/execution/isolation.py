@@ -38,9 +38,8 @@ import uuid
 from pathlib import Path
 
 from service.core.config import Settings
-from service.job import repository as job_repo
 from service.job import service as job_service
-from service.models import Job, JobStatus
+from service.models import Job
 from workers.runtime import Runtime
 
 log = logging.getLogger("lethe.isolation")
@@ -85,18 +84,7 @@ def _fail_killed(rt: Runtime, job_id: uuid.UUID, attempts_before: int, error: st
     ``attempts_before``) still owns the job, fail it (``retry=False``) or treat it as a failed
     attempt (retried while attempts remain)."""
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status != JobStatus.running.value or job.attempts != attempts_before + 1:
-            return "abandoned"
-        if not retry or job.attempts >= job.max_attempts:
-            job.error = error[:4000]
-            job_service.fail_job(session, rt.settings, job, error)
-            return JobStatus.failed.value
-        job.error = error[:4000]
-        job.status = JobStatus.queued.value
-        job.progress = {**(job.progress or {}), "retrying": True}
-        job_service.enqueue_run(session, job)
-        return "retrying"
+        return job_service.record_failure(session, rt.settings, job_id, attempts_before + 1, error, "", permanent=not retry)
 
 
 def run_isolated(rt: Runtime, job_id: uuid.UUID | str) -> str:

@@ -13,93 +13,54 @@ embedded runner, a benchmark or a test). It
    Progress (phase, iteration, residual) is written at most every 0.5 s;
 4. publishes in ONE transaction (:mod:`workers.execution.publish`).
 
-Kinds: ``train`` (core on the ``core`` split, user weights fitted on the ``user`` split),
-``forget`` (Newton step on D_r from the parent's PRIVATE noise-free weights), ``zero``
-(w_u := 0, bound exactly 0) and ``retrain`` (user weights refitted from 0 on D_r; the core too
-when a subject has core samples). A forget that fails its gates (§6.6) first runs more
-iterations at a tighter tolerance, then falls back to zero + retrain; the checkpoint, the version's
-bound and the audit event record why.
+Kinds: a ``JobKind -> step`` table (:data:`SOLVE_STEPS`) says what each kind computes; every
+step calls the model's method through the registry's interface
+(``workers.unlearning.methods.base.ForgettingMethod``), so no method is named here. ``train``
+(prepare on the ``core`` split, train on ``user``), ``forget`` (from the parent's PRIVATE state),
+``zero`` and ``retrain`` (where the method's family has them). A forget that fails its gates
+(§6.6) first runs the method's tighter settings, then falls back to zero + retrain; the
+checkpoint, the version's bound and the audit event record why.
 
-Weights files are content-addressed and written atomically (temp file, fsync, rename); the
-private noise-free file is the start of the next job and is never served.
+Files are content-addressed and written atomically (temp file, fsync, rename); the private
+artifacts (the method's ``private_artifacts``: noise-free weights, Gram sums, ...) are the start
+of the next job, are listed per version (``version_artifacts``) and are never served.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from pydantic import ValidationError
 
 from service.core.db import read_session
 from service.job import repository as job_repo
 from service.job import service as job_service
+from service.model_registry import repository as registry_repo
 from service.model_registry.samples import read_samples
-from service.models import DeletionRequest, Job, JobKind, JobStatus, JobStep, Model, Sample, Split
-from service.models._types import utcnow
+from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
+from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, touch  # noqa: F401  (HOOKS: tests)
 from workers.execution.isolation import out_of_memory
+from workers.execution.publish import publish
 from workers.runtime import Runtime
-from workers.unlearning import (
-    Bound,
-    ConfigError,
-    InvalidDataError,
-    MixedLinearModel,
-    SolveResult,
-    TensorSource,
-    check_gates,
-    evaluate,
-    get_method,
-    load_model_from_bytes,
-    membership_inference_auc,
-    save_weights,
-)
+from workers.unlearning.bounds import Bound
+from workers.unlearning.data import TensorSource
+from workers.unlearning.errors import ConfigError, InvalidDataError
+from workers.unlearning.methods import parse_config
+from workers.unlearning.methods.base import ForgettingMethod, ModelSpec
+from workers.unlearning.registry import get_method
 
 log = logging.getLogger("lethe.worker")
 STEPS = (JobStep.collect, JobStep.solve, JobStep.evaluate)
 RETAIN_EVAL_MAX = 2000
-REFINE_ITER_FACTOR = 10  # gate remedy 1: this many times the configured iteration budget
 PROGRESS_MIN_INTERVAL_S = 0.5
-PRIVATE_PREFIX = "private"
-WEIGHTS_PREFIX = "weights"
-
-# Test hooks: name -> callable run at that point ("solve", "after_solve", "before_publish",
-# "publish_before_commit"). Fault injection in the test suite only; empty in production.
-HOOKS: dict[str, Callable[[Job], None]] = {}
-
-
-def _hook(name: str, job: Job) -> None:
-    fn = HOOKS.get(name)
-    if fn is not None:
-        fn(job)
-
-
-class JobAbandoned(Exception):
-    """The job row says another attempt owns it, or it is no longer runnable."""
-
-
-def json_safe(value: Any) -> Any:
-    """JSON (and JSONB) safe: non-finite floats become "inf"/"-inf"/"nan", numpy scalars plain."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return str(value)
-
 
 def _bound_from(d: dict) -> Bound:
     fields = Bound.__dataclass_fields__
@@ -110,40 +71,26 @@ def _bound_from(d: dict) -> Bound:
     return Bound(**vals)
 
 
-def engine_config(model: Model):
-    """The model's method and its config (keys the method does not know are ignored)."""
+def engine_config(model: Model) -> tuple[ForgettingMethod, Any]:
+    """The model's method and its validated config (unknown keys are a ``ConfigError``: the
+    service validated them against the same class at registration)."""
     method = get_method(model.method)
-    known = set(method.config_cls.model_fields)
-    cfg = {k: v for k, v in (model.method_config or {}).items() if k in known}
-    return method, method.config_cls(**cfg)
+    try:
+        return method, parse_config(model.method, model.method_config)
+    except ValidationError as exc:
+        raise ConfigError(f"the {model.method} config of model {model.name!r} is invalid: {exc}") from None
+
+
+def _spec(model: Model) -> ModelSpec:
+    return ModelSpec(model.architecture, dict(model.architecture_config or {}), model.linearize)
 
 
 # ----------------------------------------------------------------------------- claiming
 def claim(rt: Runtime, job_id: uuid.UUID) -> int | None:
-    """Take the job (running, attempts + 1) and return the attempt number, or None when there is
-    nothing to do: unknown or finished job, or a live worker holds it (a duplicate delivery)."""
-    s = rt.settings
+    """Take the job and return the attempt number (the fencing token), or None: nothing to do
+    (``service.job.service.claim`` decides, in a short transaction)."""
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status not in (JobStatus.queued.value, JobStatus.running.value):
-            return None
-        now = utcnow()
-        if job.status == JobStatus.running.value and job.heartbeat_at is not None:
-            age = (now - job_service._aware(job.heartbeat_at)).total_seconds()
-            if age < s.pipeline.heartbeat_timeout_s:
-                return None
-        if job.attempts >= job.max_attempts:
-            job_service.fail_job(session, s, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
-            return None
-        job.attempts += 1
-        job.status = JobStatus.running.value
-        job.started_at = job.started_at or now
-        job.heartbeat_at = now
-        return job.attempts
-
-
-def _owned(job_id: uuid.UUID, attempt: int):
-    return (Job.id == job_id) & (Job.status == JobStatus.running.value) & (Job.attempts == attempt)
+        return job_service.claim(session, rt.settings, job_id)
 
 
 class Heartbeat:
@@ -158,7 +105,7 @@ class Heartbeat:
         while not self.stop.wait(self.rt.settings.pipeline.heartbeat_interval_s):
             try:
                 with self.rt.session_factory.begin() as session:
-                    session.execute(Job.__table__.update().where(_owned(self.job_id, self.attempt)).values(heartbeat_at=utcnow()))
+                    job_service.beat(session, self.job_id, self.attempt)
             except Exception:  # noqa: BLE001 - a missed beat is retried next tick
                 log.warning("heartbeat failed for job %s", self.job_id)
 
@@ -184,50 +131,32 @@ class ProgressWriter:
         self.last = now
         data = json_safe({"step": self.step, **event})
         with self.rt.session_factory.begin() as session:
-            session.execute(Job.__table__.update().where(_owned(self.job_id, self.attempt)).values(progress=data, heartbeat_at=utcnow()))
+            job_service.beat(session, self.job_id, self.attempt, progress=data)
 
 
 def _save_step(rt: Runtime, job_id: uuid.UUID, attempt: int, step: JobStep, output: dict) -> dict:
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status != JobStatus.running.value or job.attempts != attempt:
-            raise JobAbandoned(f"job {job_id} is no longer ours ({job.status if job else 'gone'})")
-        cp = dict(job.checkpoint or {})
-        cp[step.value] = json_safe(output)
-        job.checkpoint = cp
-        job.step = step.value
-        job.progress = {"step": step.value, "done": True}
-        return cp
+        cp = job_service.save_step(session, job_id, attempt, step.value, json_safe(output))
+    if cp is None:
+        raise JobAbandoned(f"job {job_id} attempt {attempt} is no longer the owner")
+    return cp
 
 
 # ----------------------------------------------------------------------------- steps
 def _collect(rt: Runtime, job: Job, model: Model) -> dict:
     """Which subjects this job removes, what the model holds of them, and the parent version."""
     with read_session(rt.session_factory) as session:
-        ids = [uuid.UUID(r) for r in (job.config or {}).get("request_ids", [])]
-        keys = sorted({k for k in session.execute(select(DeletionRequest.subject_key).where(DeletionRequest.id.in_(ids))).scalars()}) if ids else []
-        per_subject = {k: {"samples": 0, "core": 0, "user": 0, "min_user_sample_id": None} for k in keys}
-        for part in job_repo._chunks(keys):
-            rows = session.execute(
-                select(
-                    Sample.subject_key,
-                    func.count(),
-                    func.count().filter(Sample.split == Split.core.value),
-                    func.count().filter(Sample.split == Split.user.value),
-                    func.min(Sample.id).filter(Sample.split == Split.user.value),
-                )
-                .where(Sample.model_id == model.id, Sample.subject_key.in_(part))
-                .group_by(Sample.subject_key)
-            ).all()
-            for key, n, core, user, min_user in rows:
-                per_subject[key] = {"samples": int(n), "core": int(core), "user": int(user), "min_user_sample_id": min_user}
+        keys = job_repo.subjects_of_requests(session, [uuid.UUID(r) for r in (job.config or {}).get("request_ids", [])])
+        per_subject = job_repo.subject_holdings(session, model.id, keys)
         parent = job_repo.newest_live_version(session, model.id)
+        parent_artifacts = registry_repo.private_artifacts(session, parent) if parent else None
     return {
         "subject_keys": keys,
         "per_subject": per_subject,
         "parent_version_id": parent.id if parent else None,
         "parent_number": parent.number if parent else None,
         "parent_private_uri": parent.private_uri if parent else None,
+        "parent_private_artifacts": parent_artifacts,
         "parent_metrics": parent.metrics if parent else None,
     }
 
@@ -238,7 +167,7 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, An
         user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
         ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
         forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude) if exclude else None
-    cs = cfg.chunk_size
+    cs = cfg.chunk_size  # common to every method's config (methods.MethodConfig)
     return {
         "core": TensorSource(core.x, core.y, cs),
         "user": TensorSource(user.x, user.y, cs),
@@ -248,168 +177,207 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, An
     }
 
 
-def _put_weights(rt: Runtime, mm: MixedLinearModel, prefix: str, user_override=None, metadata=None) -> tuple[str, str, int]:
-    """Write a weights file under a content-addressed name (temp, fsync, rename)."""
-    tmp = rt.store.temp_path(".safetensors")
-    try:
-        save_weights(tmp, mm, user_override=user_override, metadata=metadata)
-        art = rt.store.put_file(tmp, prefix=prefix, suffix=".safetensors")
-    finally:
-        tmp.unlink(missing_ok=True)
+def _put(rt: Runtime, data: bytes, prefix: str) -> dict:
+    """A content-addressed file (temp, fsync, rename), its mtime refreshed."""
+    art = rt.store.put_bytes(data, prefix=prefix, suffix=".safetensors")
     touch(rt, art.uri)
-    return art.uri, art.sha256, art.size
+    return {"uri": art.uri, "sha256": art.sha256, "size_bytes": art.size}
 
 
-def touch(rt: Runtime, uri: str) -> None:
-    """Refresh the mtime of a content-addressed file we just (re)wrote: when identical content
-    already existed, the store kept the old file, and the orphan sweeper judges age by mtime."""
-    os.utime(rt.store.path(uri))
+def _put_private(rt: Runtime, method: ForgettingMethod, mm: Any, model: Model) -> dict[str, dict]:
+    """Every private artifact of the model state, by name (the first one is the noise-free state)."""
+    blobs = method.save_private(mm)
+    first = method.private_artifacts[0]
+    if first not in blobs or not set(blobs) <= set(method.private_artifacts):
+        raise ConfigError(f"{method.name}.save_private returned {sorted(blobs)}; expected {first!r} and names of {method.private_artifacts}")
+    return {name: _put(rt, data, f"{PRIVATE_PREFIX}/{model.id}") for name, data in blobs.items()}
 
 
-def _put_private(rt: Runtime, mm: MixedLinearModel, model: Model) -> tuple[str, str]:
-    uri, sha, _ = _put_weights(rt, mm, f"{PRIVATE_PREFIX}/{model.id}", metadata={"private": "noise-free; never served"})
-    return uri, sha
+def _load_private(rt: Runtime, method: ForgettingMethod, artifacts: dict[str, str], cfg) -> Any:
+    return method.load_private({name: rt.store.read_bytes(uri) for name, uri in artifacts.items()}, cfg)
 
 
-def _fresh(model: Model, cfg) -> MixedLinearModel:
-    return MixedLinearModel.build(model.architecture, model.architecture_config, model.linearize, cfg.target_scale,
-                                  device=cfg.device, seed=cfg.seed)
+@dataclass
+class SolveContext:
+    """What a job kind's solve step gets: the method, its config, the data, the parent's state."""
+
+    rt: Runtime
+    job: Job
+    model: Model
+    method: ForgettingMethod
+    cfg: Any
+    data: dict[str, Any]
+    parent: dict[str, str] | None  # the parent version's private artifacts, name -> uri
+    progress: ProgressWriter
+
+    def fresh(self) -> Any:
+        return self.method.build(_spec(self.model), self.cfg)
+
+    def prepared(self) -> Any:
+        mm = self.fresh()
+        self.method.prepare(mm, self.data["core"], self.cfg, self.progress)
+        return mm
+
+    def from_parent(self) -> Any:
+        return _load_private(self.rt, self.method, self.parent, self.cfg)
+
+    def needs(self, operation: str) -> None:
+        if not self.method.supports(operation):
+            raise ConfigError(f"method {self.method.name!r} has no {operation!r}: a {self.job.kind} job cannot run on it")
 
 
-def _load_private(rt: Runtime, uri: str, cfg) -> MixedLinearModel:
-    return load_model_from_bytes(rt.store.read_bytes(uri), device=cfg.device)
+@dataclass
+class Solved:
+    model: Any
+    result: Any
+    bound: Bound
+    trained_on_users: bool = True  # False: no user data in the weights (no watermark, no noise)
+
+
+def _zeroed(ctx: SolveContext, mm: Any) -> Solved:
+    ctx.needs("zero")
+    result = ctx.method.zero(mm)
+    return Solved(mm, result, ctx.method.bound(result, ctx.cfg, exact=True, method="zero"), trained_on_users=False)
+
+
+def _solve_train(ctx: SolveContext) -> Solved:
+    """Core on the ``core`` split, then the user weights on the ``user`` split."""
+    mm = ctx.prepared()
+    if len(ctx.data["user"]):
+        result = ctx.method.train(mm, ctx.data["user"], ctx.cfg, ctx.progress)
+        return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+    solved = _zeroed(ctx, mm)
+    solved.trained_on_users = True  # as before: a fit on nobody still records the (empty) watermark
+    return solved
+
+
+def _solve_forget(ctx: SolveContext) -> Solved:
+    """From the parent's private state, forget everything not in D_r (a train without a parent)."""
+    if ctx.parent is None:
+        return _solve_train(ctx)
+    mm = ctx.from_parent()
+    if len(ctx.data["user"]) == 0:  # nobody left: the user weights are zero, exactly
+        return _zeroed(ctx, mm)
+    result = ctx.method.forget(mm, ctx.data["user"], ctx.cfg, ctx.progress)
+    return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+
+
+def _solve_zero(ctx: SolveContext) -> Solved:
+    return _zeroed(ctx, ctx.from_parent() if ctx.parent is not None else ctx.prepared())
+
+
+def _solve_retrain(ctx: SolveContext) -> Solved:
+    """Without the subjects, from w = 0 (and a fresh core when they had core samples)."""
+    ctx.needs("retrain")
+    user = ctx.data["user"]
+    if bool((ctx.job.config or {}).get("core_subjects")) or ctx.parent is None:
+        mm = ctx.fresh()
+        if len(user):
+            result = ctx.method.retrain(mm, user, ctx.cfg, core_source=ctx.data["core"], progress=ctx.progress)
+        else:
+            ctx.method.prepare(mm, ctx.data["core"], ctx.cfg, ctx.progress)
+            result = ctx.method.zero(mm)
+    else:
+        mm = ctx.from_parent()
+        ctx.method.zero(mm)
+        result = ctx.method.train(mm, user, ctx.cfg, ctx.progress) if len(user) else ctx.method.zero(mm)
+    return Solved(mm, result, ctx.method.bound(result, ctx.cfg, exact=True, method="retrain"), trained_on_users=bool(len(user)))
+
+
+# What each job kind computes (DESIGN §4): the runner dispatches here, the method does the math.
+SOLVE_STEPS: dict[JobKind, Callable[[SolveContext], Solved]] = {
+    JobKind.train: _solve_train,
+    JobKind.forget: _solve_forget,
+    JobKind.zero: _solve_zero,
+    JobKind.retrain: _solve_retrain,
+}
 
 
 def _solve(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict) -> dict:
     method, cfg = engine_config(model)
-    kind = JobKind(job.kind)
-    exclude = collected["subject_keys"]
-    data = _sources(rt, model, exclude, cfg)
-    progress = ProgressWriter(rt, job.id, attempt, JobStep.solve.value)
+    data = _sources(rt, model, collected["subject_keys"], cfg)
+    parent = collected.get("parent_private_artifacts")
+    if parent is None and collected.get("parent_private_uri"):
+        parent = {method.private_artifacts[0]: collected["parent_private_uri"]}
+    ctx = SolveContext(rt, job, model, method, cfg, data, parent, ProgressWriter(rt, job.id, attempt, JobStep.solve.value))
     t0 = time.perf_counter()
-    parent_uri = collected.get("parent_private_uri")
-    watermark = data["watermark"]
-    release_noise = True
-    _hook("solve", job)
-
-    def train_from_scratch() -> tuple[MixedLinearModel, SolveResult, Bound]:
-        mm = _fresh(model, cfg)
-        method.train_core(mm, data["core"], cfg, progress)
-        if len(data["user"]):
-            res = method.fit(mm, data["user"], cfg, progress)
-            return mm, res, method.bound(res, cfg)
-        res = method.zero(mm)
-        return mm, res, method.bound(res, cfg, exact=True, method="zero")
-
-    if kind is JobKind.train or (kind is JobKind.forget and parent_uri is None):
-        mm, result, bound = train_from_scratch()
-    elif kind is JobKind.forget:
-        mm = _load_private(rt, parent_uri, cfg)
-        if len(data["user"]) == 0:  # nobody left: the user weights are zero, exactly
-            result = method.zero(mm)
-            bound = method.bound(result, cfg, exact=True, method="zero")
-            watermark, release_noise = None, False
-        else:
-            result = method.forget(mm, data["user"], cfg, progress)
-            bound = method.bound(result, cfg)
-    elif kind is JobKind.zero:
-        if parent_uri is not None:
-            mm = _load_private(rt, parent_uri, cfg)
-        else:
-            mm = _fresh(model, cfg)
-            method.train_core(mm, data["core"], cfg, progress)
-        result = method.zero(mm)
-        bound = method.bound(result, cfg, exact=True, method="zero")
-        watermark, release_noise = None, False
-    else:  # retrain: without the subjects, from w = 0 (and a fresh core when they had core samples)
-        full = bool((job.config or {}).get("core_subjects")) or parent_uri is None
-        if full:
-            mm = _fresh(model, cfg)
-            if len(data["user"]):
-                result = method.retrain(mm, data["user"], cfg, core_source=data["core"], progress=progress)
-            else:
-                method.train_core(mm, data["core"], cfg, progress)
-                result = method.zero(mm)
-        else:
-            mm = _load_private(rt, parent_uri, cfg)
-            method.zero(mm)
-            result = method.fit(mm, data["user"], cfg, progress) if len(data["user"]) else method.zero(mm)
-        bound = method.bound(result, cfg, exact=True, method="retrain")
-        if not len(data["user"]):
-            watermark, release_noise = None, False
-    _hook("after_solve", job)
-    uri, sha = _put_private(rt, mm, model)
+    hook("solve", job)
+    solved = SOLVE_STEPS[JobKind(job.kind)](ctx)
+    hook("after_solve", job)
+    private = _put_private(rt, method, solved.model, model)
     return {
-        "private_uri": uri,
-        "private_sha256": sha,
-        "result": result.to_dict(),
-        "bound": bound.to_dict(),
-        "sample_watermark": watermark,
-        "release_noise": release_noise,
+        "private_uri": private[method.private_artifacts[0]]["uri"],
+        "private_sha256": private[method.private_artifacts[0]]["sha256"],
+        "private_artifacts": private,
+        "result": solved.result.to_dict(),
+        "bound": solved.bound.to_dict(),
+        "sample_watermark": data["watermark"] if solved.trained_on_users else None,
+        "release_noise": solved.trained_on_users,
         "seconds": time.perf_counter() - t0,
     }
 
 
-def _measure(mm: MixedLinearModel, data: dict, cfg) -> dict:
+def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
     """DESIGN §6.7: eval accuracy/loss, retain accuracy on a sample of D_r, forget-set accuracy, MIA AUC."""
     metrics: dict[str, Any] = {}
-    ev = evaluate(mm, data["eval"], cfg)
+    ev = method.evaluate(mm, data["eval"], cfg)
     metrics["eval_accuracy"], metrics["eval_loss"], metrics["eval_n"] = ev["accuracy"], ev["loss"], ev["n"]
     user = data["user"]
     if len(user):
         idx = np.random.default_rng(0).permutation(len(user))[:RETAIN_EVAL_MAX]
-        metrics["retain_accuracy"] = evaluate(mm, user.subset(idx), cfg)["accuracy"]
+        metrics["retain_accuracy"] = method.evaluate(mm, user.subset(idx), cfg)["accuracy"]
         metrics["retain_n"] = int(len(idx))
     if data["forget"] is not None:
-        metrics["forget_accuracy"] = evaluate(mm, data["forget"], cfg)["accuracy"]
+        metrics["forget_accuracy"] = method.evaluate(mm, data["forget"], cfg)["accuracy"]
         metrics["forget_n"] = len(data["forget"])
         if len(data["eval"]):
-            metrics["mia_auc"] = membership_inference_auc(mm, data["forget"], data["eval"], cfg)
+            metrics["mia_auc"] = method.membership_auc(mm, data["forget"], data["eval"], cfg)
     return metrics
 
 
-def _gate(bound: Bound, collected: dict, metrics: dict, cfg):
+def _gate(method: ForgettingMethod, bound: Bound, collected: dict, metrics: dict, cfg):
     parent_acc = (collected.get("parent_metrics") or {}).get("eval_accuracy")
-    return check_gates(bound, {"accuracy": parent_acc}, {"accuracy": metrics.get("eval_accuracy")}, cfg)
+    return method.gate(bound, {"accuracy": parent_acc}, {"accuracy": metrics.get("eval_accuracy")}, cfg)
 
 
 def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict, solved: dict) -> dict:
     method, cfg = engine_config(model)
     t0 = time.perf_counter()
-    mm = _load_private(rt, solved["private_uri"], cfg)
+    private = solved.get("private_artifacts") or {method.private_artifacts[0]: {"uri": solved["private_uri"]}}
+    mm = _load_private(rt, method, {name: a["uri"] for name, a in private.items()}, cfg)
     data = _sources(rt, model, collected["subject_keys"], cfg)
     bound = _bound_from(solved["bound"])
-    private_uri = solved["private_uri"]
-    metrics = _measure(mm, data, cfg)
+    metrics = _measure(method, mm, data, cfg)
     gates: dict[str, Any] | None = None
     fallback = None
 
-    if JobKind(job.kind) is JobKind.forget and bound.guarantee == "certified":
-        gate = _gate(bound, collected, metrics, cfg)
+    if JobKind(job.kind) is JobKind.forget and bound.guarantee != "exact":
+        gate = _gate(method, bound, collected, metrics, cfg)
         gates = {"passed": gate.ok, "reasons": gate.reasons}
         if not gate.ok:
-            # DESIGN §6.6, first remedy: more iterations, to a tolerance that meets the KL budget.
+            # DESIGN §6.6, first remedy: the method's tighter settings (more iterations).
             progress = ProgressWriter(rt, job.id, attempt, JobStep.evaluate.value)
-            need = math.sqrt(2.0 * cfg.max_kl_per_release) * cfg.l2 * cfg.noise_std
-            tol = min(cfg.tol, 0.5 * need) if need > 0 else cfg.tol * 1e-3
-            tighter = cfg.model_copy(update={"tol": max(tol, 1e-300), "max_iter": cfg.max_iter * REFINE_ITER_FACTOR})
-            result = method.forget(mm, data["user"], tighter, progress)
-            bound = method.bound(result, cfg)
-            metrics = _measure(mm, data, cfg)
-            gate = _gate(bound, collected, metrics, cfg)
-            gates["refined"] = {"tol": tighter.tol, "iterations": result.iterations, "passed": gate.ok, "reasons": gate.reasons}
+            tighter = method.refine(cfg)
+            if tighter is not None:
+                result = method.forget(mm, data["user"], tighter, progress)
+                bound = method.bound(result, cfg)
+                metrics = _measure(method, mm, data, cfg)
+                gate = _gate(method, bound, collected, metrics, cfg)
+                gates["refined"] = {"tol": getattr(tighter, "tol", None), "iterations": result.iterations, "passed": gate.ok, "reasons": gate.reasons}
             if not gate.ok:
                 # Second remedy: zero + retrain (w_u := 0, refit from 0 on D_r): exact, bound 0.
                 log.warning("job %s failed its gates (%s): falling back to zero + retrain", job.id, "; ".join(gate.reasons))
+                if not (method.supports("zero") and method.supports("retrain")):
+                    raise ConfigError(f"job {job.id} failed its gates ({'; '.join(gate.reasons)}) and {method.name} has no zero + retrain fallback")
                 method.zero(mm)
-                result = method.fit(mm, data["user"], cfg, progress)
+                result = method.train(mm, data["user"], cfg, progress)
                 bound = method.bound(result, cfg, exact=True, method="retrain")
                 fallback = {"to": "zero+retrain", "reasons": gates["reasons"] + gate.reasons}
-                metrics = _measure(mm, data, cfg)
-            private_uri, _ = _put_private(rt, mm, model)
+                metrics = _measure(method, mm, data, cfg)
+            private = _put_private(rt, method, mm, model)
     release_noise = solved.get("release_noise", True)
     released = method.release(mm, cfg) if release_noise else None
-    uri, sha, size = _put_weights(rt, mm, f"{WEIGHTS_PREFIX}/{model.id}", user_override=released, metadata={"model": model.name})
+    served = _put(rt, method.serve_bytes(mm, released, {"model": model.name}), f"{WEIGHTS_PREFIX}/{model.id}")
     metrics["seconds_collect"] = collected.get("seconds")
     metrics["seconds_solve"] = solved.get("seconds")
     metrics["seconds_evaluate"] = time.perf_counter() - t0
@@ -422,10 +390,11 @@ def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict
         "bound": bound_d,
         "gates": gates,
         "fallback": fallback,
-        "artifact_uri": uri,
-        "sha256": sha,
-        "size_bytes": size,
-        "private_uri": private_uri,
+        "artifact_uri": served["uri"],
+        "sha256": served["sha256"],
+        "size_bytes": served["size_bytes"],
+        "private_uri": private[method.private_artifacts[0]]["uri"],
+        "private_artifacts": private,
     }
 
 
@@ -454,9 +423,7 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
             if JobStep.evaluate.value not in cp:
                 cp = _save_step(rt, job_id, attempt, JobStep.evaluate,
                                 _evaluate(rt, job, attempt, model, cp["collect"], cp["solve"]))
-            _hook("before_publish", job)
-            from workers.execution.publish import publish
-
+            hook("before_publish", job)
             publish(rt, job_id, attempt, cp)
         return JobStatus.succeeded.value
     except JobAbandoned as exc:
@@ -467,20 +434,11 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
 
 
 def _record_failure(rt: Runtime, job_id: uuid.UUID, attempt: int, exc: Exception) -> str:
-    """Back to ``queued`` (re-sent through the outbox) or, past ``max_attempts`` or on an error
-    that cannot go away by retrying (bad data or config), ``failed`` with the error."""
+    """Back to ``queued`` or ``failed`` (``service.job.service.record_failure``); an error that
+    cannot go away by retrying (bad data or config) fails the job at once."""
     oom = out_of_memory(exc, rt.settings)  # over the memory cap: retrying cannot help
     err = oom or f"{type(exc).__name__}: {exc}"
     log.error("job %s attempt %s failed: %s", job_id, attempt, err)
     with rt.session_factory.begin() as session:
-        job = job_repo.job_for_update(session, job_id)
-        if job is None or job.status != JobStatus.running.value or job.attempts != attempt:
-            return "abandoned"
-        job.error = (err + "\n" + traceback.format_exc())[-4000:]
-        if oom or job.attempts >= job.max_attempts or isinstance(exc, (ConfigError, InvalidDataError)):
-            job_service.fail_job(session, rt.settings, job, err)
-            return JobStatus.failed.value
-        job.status = JobStatus.queued.value
-        job.progress = {**(job.progress or {}), "retrying": True}
-        job_service.enqueue_run(session, job)
-    return "retrying"
+        return job_service.record_failure(session, rt.settings, job_id, attempt, err, traceback.format_exc(),
+                                          permanent=bool(oom) or isinstance(exc, (ConfigError, InvalidDataError)))

@@ -24,15 +24,16 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from service.core.db import read_session, scrub_deleted, vacuum_table
-from service.core.jobs import QUEUE_DEFAULT, enqueue
+from service.job import outbox
+from service.job import repository as job_repo
 from service.job import service as job_service
-from service.models import DeletionRequest, Job, JobStatus, Model, ModelVersion, OutboxMessage, SampleChunk
+from service.model_registry import purge as registry_purge
+from service.models import DeletionRequest
 from service.models._types import utcnow
-from workers.execution.purge import needs_purge
-from workers.execution.run import PRIVATE_PREFIX, WEIGHTS_PREFIX
+from workers.execution.common import PRIVATE_PREFIX, WEIGHTS_PREFIX
 from workers.runtime import Runtime
 
 ORPHAN_GRACE_S = 600.0
@@ -40,62 +41,36 @@ OUTBOX_RETENTION = timedelta(days=1)
 PURGE_TASK_PREFIX = "purge-sweep-"
 
 
-def _requeue_stale_jobs(session, rt: Runtime, now, out: dict) -> None:
-    s = rt.settings
-    stale = timedelta(seconds=s.pipeline.heartbeat_timeout_s)
-    jobs = session.execute(
-        select(Job).where(Job.status.in_([JobStatus.running.value, JobStatus.queued.value])).with_for_update(skip_locked=True)
-    ).scalars().all()
-    for job in jobs:
-        if job.status == JobStatus.running.value:
-            beat = job.heartbeat_at or job.started_at or job.created_at
-            if now - job_service._aware(beat) < stale:
-                continue
-            why = "worker lost (heartbeat stopped)"
-        else:
-            last = session.execute(
-                select(OutboxMessage).where(OutboxMessage.task_id == str(job.id)).order_by(OutboxMessage.id.desc()).limit(1)
-            ).scalar_one_or_none()
-            if last is not None and (last.sent_at is None or now - job_service._aware(last.sent_at) < stale):
-                continue  # not sent yet, or sent recently
-            if last is None and now - job_service._aware(job.updated_at or job.created_at) < stale:
-                continue
-            why = "message lost (sent but never started)"
-        if job.attempts >= job.max_attempts:
-            job_service.fail_job(session, s, job, job.error or f"{why}; gave up after {job.attempts} attempts")
-            out["failed"] += 1
-            continue
-        job.status = JobStatus.queued.value
-        job.error = f"{why}; re-sent by the sweeper"
-        job_service.enqueue_run(session, job)
-        out["requeued"] += 1
-
-
 def _schedule_purges(session, rt: Runtime, now, out: dict) -> None:
     recent = now - timedelta(seconds=rt.settings.pipeline.heartbeat_timeout_s)
-    for model_id in session.execute(select(Model.id)).scalars():
-        if not needs_purge(session, model_id):
+    for model_id in registry_purge.model_ids(session):
+        if not registry_purge.needs_purge(session, model_id):
             continue
         prefix = f"{PURGE_TASK_PREFIX}{model_id}-"
-        pending = session.execute(
-            select(OutboxMessage.id).where(OutboxMessage.task_id.startswith(prefix), OutboxMessage.created_at > recent).limit(1)
-        ).first()
-        if pending is None:
-            enqueue(session, job_service.TASK_PURGE, task_id=f"{prefix}{int(time.time())}", args=[model_id], queue=QUEUE_DEFAULT)
+        if not outbox.enqueued_since(session, prefix, recent):
+            job_service.enqueue_purge(session, model_id, task_id=f"{prefix}{int(time.time())}")
             out["purges"] += 1
 
 
 def _referenced_uris(session) -> set[str]:
-    refs: set[str] = set()
-    for a, p in session.execute(select(ModelVersion.artifact_uri, ModelVersion.private_uri)):
-        refs.update(u for u in (a, p) if u)
-    refs.update(session.execute(select(SampleChunk.uri)).scalars())
+    refs = registry_purge.referenced_uris(session)
     # Files of jobs in flight (their checkpoints name them before any version does).
-    for cp in session.execute(select(Job.checkpoint).where(Job.status.in_([JobStatus.running.value, JobStatus.queued.value]))).scalars():
-        for step in (cp or {}).values():
-            if isinstance(step, dict):
-                refs.update(v for k, v in step.items() if k.endswith("uri") and isinstance(v, str))
+    for cp in job_repo.unfinished_checkpoints(session):
+        _uris_in(cp, refs)
     return refs
+
+
+def _uris_in(value, refs: set[str]) -> None:
+    """Every ``...uri`` string anywhere in a checkpoint (private artifacts are nested by name)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and k.endswith("uri"):
+                refs.add(v)
+            else:
+                _uris_in(v, refs)
+    elif isinstance(value, list):
+        for v in value:
+            _uris_in(v, refs)
 
 
 def _delete_orphans(rt: Runtime, refs: set[str], grace_s: float) -> int:
@@ -119,10 +94,10 @@ def sweep(rt: Runtime, *, orphan_grace_s: float = ORPHAN_GRACE_S) -> dict:
     now = utcnow()
     out = {"requeued": 0, "failed": 0, "purges": 0, "orphans": 0}
     with rt.session_factory.begin() as session:
-        _requeue_stale_jobs(session, rt, now, out)
+        out.update(job_service.requeue_stale(session, rt.settings, now))
     with rt.session_factory.begin() as session:
         _schedule_purges(session, rt, now, out)
-        session.execute(delete(OutboxMessage).where(OutboxMessage.sent_at < now - OUTBOX_RETENTION))
+        outbox.delete_sent_before(session, now - OUTBOX_RETENTION)
     with read_session(rt.session_factory) as session:
         refs = _referenced_uris(session)
     out["orphans"] = _delete_orphans(rt, refs, orphan_grace_s)

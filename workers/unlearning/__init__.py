@@ -12,49 +12,52 @@ the information bound (DESIGN §6). It imports nothing of the service: usable on
     bound = method.bound(result, cfg)             # bound.kl_nats, bound.kl_bits
     sha = save_weights("v2.safetensors", model, user_override=method.release(model, cfg))
     served = load_model("v2.safetensors")         # an nn.Module computing f_ML
+
+Importing this package does not import torch: names load on first use (PEP 562), so the
+service may import the torch-free method configs (``workers.unlearning.methods.<name>.config``,
+``workers.unlearning.methods.config_classes``) for validation without loading torch.
 """
 
-from workers.unlearning.bounds import Bound, exact_bound, information_bound, tol_for_kl
-from workers.unlearning.data import TensorSource, concat
-from workers.unlearning.errors import ConfigError, InvalidDataError, UnlearningError
-from workers.unlearning.evaluation import auc, evaluate, membership_inference_auc, per_sample_loss
-from workers.unlearning.gates import GateResult, check_gates
-from workers.unlearning.linearized import MixedLinearModel, resolve_device
-from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
-from workers.unlearning.networks import build_network
-from workers.unlearning.objective import GramState, Objective, SolveResult, gram_state
-from workers.unlearning.registry import get_method, list_methods, register
-from workers.unlearning.serialization import load_model, load_model_from_bytes, save_weights, to_bytes
+from __future__ import annotations
 
-__all__ = [
-    "Bound",
-    "ConfigError",
-    "GateResult",
-    "GramState",
-    "InvalidDataError",
-    "MixedLinearConfig",
-    "MixedLinearModel",
-    "Objective",
-    "SolveResult",
-    "TensorSource",
-    "UnlearningError",
-    "auc",
-    "build_network",
-    "check_gates",
-    "concat",
-    "evaluate",
-    "exact_bound",
-    "get_method",
-    "gram_state",
-    "information_bound",
-    "list_methods",
-    "load_model",
-    "load_model_from_bytes",
-    "membership_inference_auc",
-    "per_sample_loss",
-    "register",
-    "resolve_device",
-    "save_weights",
-    "to_bytes",
-    "tol_for_kl",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "Bound": "bounds", "exact_bound": "bounds", "information_bound": "bounds", "tol_for_kl": "bounds",
+    "TensorSource": "data", "concat": "data",
+    "ConfigError": "errors", "InvalidDataError": "errors", "UnlearningError": "errors",
+    "auc": "evaluation", "evaluate": "evaluation", "membership_inference_auc": "evaluation", "per_sample_loss": "evaluation",
+    "GateResult": "gates", "check_gates": "gates",
+    "MixedLinearModel": "linearized", "resolve_device": "linearized",
+    "MixedLinearConfig": "methods.mixed_linear.config",
+    "ForgettingMethod": "methods.base", "ModelSpec": "methods.base",
+    "build_network": "networks",
+    "GramState": "objective", "Objective": "objective", "SolveResult": "objective", "gram_state": "objective",
+    "get_method": "registry", "list_methods": "registry", "register": "registry", "unregister": "registry",
+    "load_model": "serialization", "load_model_from_bytes": "serialization", "save_weights": "serialization", "to_bytes": "serialization",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from workers.unlearning.bounds import Bound, exact_bound, information_bound, tol_for_kl  # noqa: F401
+    from workers.unlearning.data import TensorSource, concat  # noqa: F401
+    from workers.unlearning.errors import ConfigError, InvalidDataError, UnlearningError  # noqa: F401
+    from workers.unlearning.linearized import MixedLinearModel  # noqa: F401
+    from workers.unlearning.objective import GramState, Objective, SolveResult  # noqa: F401
+    from workers.unlearning.registry import get_method, list_methods, register  # noqa: F401

@@ -17,6 +17,7 @@ from service.admin import auth
 from service.audit.service import append_event
 from service.core.security import subject_key
 from service.models import (
+    OPEN_REQUEST_STATUSES,
     AliasEvent,
     ApiToken,
     AuditEvent,
@@ -25,6 +26,7 @@ from service.models import (
     Model,
     ModelAlias,
     ModelVersion,
+    RequestStatus,
     Sample,
     SampleChunk,
 )
@@ -471,3 +473,27 @@ def test_security_headers_forbid_framing_and_foreign_scripts(client):
     _signed_in(client, "operator")
     html = client.get("/admin/").text
     assert "<script>" not in html and "javascript:" not in html and not re.search(r"<[^>]+\son\w+=", html)
+
+
+@pytest.mark.parametrize("status", [s.value for s in RequestStatus])
+def test_every_button_shown_is_a_legal_transition(client, db, status):
+    """The request page offers an action exactly when ``deletion_request.TRANSITIONS`` allows it
+    from the request's status (it used to offer approve and deny on ``received``)."""
+    from service.deletion_request.service import TRANSITIONS
+
+    secret = _secret(client)
+    m = Model(name="digits", architecture="mlp", architecture_config={}, input_shape=[4], num_classes=3, linearize="all", method_config={})
+    db.add(m)
+    db.flush()
+    now = utcnow()
+    key = subject_key(secret, "person")
+    r = DeletionRequest(id=uuid.uuid4(), subject_id="person", subject_key=key, model_id=m.id, status=status,
+                        open_key=f"{key}:{m.id}" if status in {s.value for s in OPEN_REQUEST_STATUSES} else None,
+                        created_at=now, due_at=now + timedelta(days=3), attempts=0)
+    db.add(r)
+    db.flush()
+    _signed_in(client, "operator")
+    page = client.get(f"/admin/requests/{r.id}").text
+    shown = set(re.findall(rf'action="/admin/requests/{r.id}/(\w+)"', page))
+    legal = {a for a, (allowed, _, _) in TRANSITIONS.items() if RequestStatus(status) in allowed}
+    assert shown == legal, (status, shown, legal)

@@ -277,3 +277,18 @@ def test_unknown_request_id_is_404(client):
     assert r.status_code == 404 and r.json()["type"].endswith("/deletion-request-not-found")
     r = client.post(f"{URL}/{uuid.uuid4()}/approve", headers=client.auth("operator"))
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize("changed", [{"source": "web-form"}, {"reason": "another reason"}, {"source": None}, {"reason": None}])
+def test_reused_idempotency_key_with_another_source_or_reason_is_422(client, make_model, counts, changed):
+    """The idempotency check compares the whole body: ``source`` and ``reason`` too (pins both
+    comparisons, on the single-statement PostgreSQL path and the portable path)."""
+    make_model("m1")
+    body = {"subject_id": "frank", "model": "m1", "reason": "user asked", "source": "support-ticket"}
+    first = _create(client, key="k-src", **body)
+    assert first.status_code == 202
+    before = counts()
+    r = _create(client, key="k-src", **{**body, **changed})
+    assert r.status_code == 422 and r.json()["type"].endswith("/idempotency-key-reused"), changed
+    assert counts() == before
+    assert _create(client, key="k-src", **body).status_code == 200  # the same body still replays

@@ -40,6 +40,8 @@ def test_register_stores_typed_settings_and_location(client, db):
     ({"method_config": {"target_scale": 0}}, "target_scale"), ({"method_config": {"noise_std": -1}}, "noise_std"),
     ({"method_config": {"tol": 0}}, "tol"), ({"name": "-leading-dash"}, "name"), ({"name": "x" * 65}, "name"),
     ({"architecture_config": [1, 2]}, "architecture_config"),
+    ({"method_config": {"unknown_key": 1}}, "unknown_key"), ({"method_config": {"dtype": "float16"}}, "dtype"),
+    ({"method_config": {"method": "gradient_ascent"}}, "method"), ({"method_config": {"cache_bytes": -1}}, "cache_bytes"),
 ])
 def test_registration_refuses_bad_fields_and_writes_nothing(client, db, bad, field):
     r = _register(client, **bad)
@@ -121,3 +123,17 @@ def test_roles(client, method, path, allowed, denied):
     for role in allowed:
         r = getattr(client, method)(path, headers=client.auth(role), **kw)
         assert r.status_code not in (401, 403), (role, r.text)
+
+
+def test_every_key_of_the_method_config_is_settable_and_stored_whole(client, db):
+    """One config source (DESIGN §6.8): the API accepts exactly the library's config keys (those
+    the hand-copied settings had dropped too) and stores every key, defaults filled in."""
+    from workers.unlearning.methods import config_classes
+
+    lib = config_classes()["mixed_linear"]
+    r = _register(client, method_config={"dtype": "float32", "precondition": True, "cache_bytes": 0, "l2": 0.25})
+    assert r.status_code == 201, r.text
+    stored = db.execute(select(Model)).scalar_one().method_config
+    assert set(stored) == set(lib.model_fields) - {"method"}
+    assert stored == {**lib().model_dump(mode="json", exclude={"method"}), "dtype": "float32", "precondition": True, "cache_bytes": 0, "l2": 0.25}
+    assert lib(**stored).dtype == "float32"  # what the worker parses is what the API accepted

@@ -209,3 +209,18 @@ def test_long_poll_wakes_on_publish_and_does_not_block_the_loop(committed_app, e
     th.join(timeout=5)
     status, number, took = results["poll"]
     assert status == 200 and number == 2 and took < 1.5
+
+
+@pytest.mark.parametrize("header", ["*", "W/{etag}", '"nope", W/{etag}', ' "nope" ,  * '])
+def test_if_none_match_star_and_weak_tags_revalidate_manifest_and_weights(client, db, model, header):
+    """RFC 9110 §13.1.2: ``*`` matches any current representation; the weak comparison used by
+    If-None-Match treats ``W/"x"`` as ``"x"``. Pins the ``*`` and ``W/`` handling."""
+    store = client.app.state.store
+    _publish(db, store, model, 1)
+    h = client.auth("serving")
+    for url in ("/v1/models/srv/versions/1", "/v1/models/srv/versions/1/weights"):
+        etag = client.get(url, headers=h).headers["etag"]
+        r = client.get(url, headers={**h, "If-None-Match": header.format(etag=etag)})
+        assert r.status_code == 304 and r.content == b"", (url, header)
+        # a weak tag of another representation does not match
+        assert client.get(url, headers={**h, "If-None-Match": 'W/"other"'}).status_code == 200

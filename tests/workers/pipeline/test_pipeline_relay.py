@@ -8,7 +8,7 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from service.core.jobs import QUEUE_GPU, enqueue
+from service.job.outbox import QUEUE_GPU, enqueue
 from service.models import OutboxMessage
 from workers.relay import relay_outbox
 

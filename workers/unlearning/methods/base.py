@@ -1,27 +1,81 @@
-"""The interface every forgetting method implements (one registry, one contract)."""
+"""The interface every forgetting method implements (one registry, one contract; DESIGN §6.8).
+
+The job runner (``workers.execution.run``) calls only this: it never imports a method's model
+class nor reads a config field by name (except ``chunk_size``, common to every config). A method
+owns its model object (opaque to the runner), its math, its release and its private artifacts.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-import torch
-from pydantic import BaseModel
+from workers.unlearning.methods import Family, Guarantee, Kind, MethodConfig
 
-from workers.unlearning.bounds import Bound
-from workers.unlearning.data import TensorSource
-from workers.unlearning.linearized import MixedLinearModel
-from workers.unlearning.objective import Progress, SolveResult
+# What the runner calls, by operation; ``zero`` and ``retrain`` only where the family has them.
+REQUIRED = ("build", "prepare", "train", "forget", "bound", "refine", "gate", "release", "evaluate",
+            "membership_auc", "serve_bytes", "save_private", "load_private", "supports")
+OPTIONAL = ("zero", "retrain")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model says about its network (the ``models`` row, without SQL)."""
+
+    architecture: str
+    architecture_config: dict[str, Any] = field(default_factory=dict)
+    linearize: str = "all"
+
+
+@runtime_checkable
 class ForgettingMethod(Protocol):
     name: ClassVar[str]
-    guarantee: ClassVar[str]  # "exact" | "certified" | "heuristic"
-    config_cls: ClassVar[type[BaseModel]]
+    guarantee: ClassVar[Guarantee]  # of an ordinary forget release: exact | certified | heuristic
+    families: ClassVar[frozenset[Family]]  # mixed_linear | linear_head | standard
+    kinds: ClassVar[frozenset[Kind]]  # request kinds served: samples | class
+    config_cls: ClassVar[type[MethodConfig]]
+    # Names of the files a version keeps privately for the next job (never served). The first is
+    # required (the noise-free state); the others are optional. Purge and revocation delete all.
+    private_artifacts: ClassVar[tuple[str, ...]]
 
-    def train_core(self, model: MixedLinearModel, core: TensorSource, cfg, progress: Progress = None) -> dict: ...
-    def fit(self, model: MixedLinearModel, user: TensorSource, cfg, progress: Progress = None) -> SolveResult: ...
-    def forget(self, model: MixedLinearModel, retained: TensorSource, cfg, progress: Progress = None) -> SolveResult: ...
-    def zero(self, model: MixedLinearModel) -> SolveResult: ...
-    def retrain(self, model: MixedLinearModel, retained: TensorSource, cfg, core_source: TensorSource | None = None, progress: Progress = None) -> SolveResult: ...
-    def bound(self, result: SolveResult, cfg) -> Bound: ...
-    def release(self, model: MixedLinearModel, cfg) -> dict[str, torch.Tensor]: ...
+    def build(self, spec: ModelSpec, cfg: Any) -> Any:
+        """A fresh, untrained model of this method's family."""
+
+    def prepare(self, model: Any, core: Any, cfg: Any, progress: Any = None) -> dict:
+        """Train what is trained on the ``core`` split (the core network), before any user data."""
+
+    def train(self, model: Any, user: Any, cfg: Any, progress: Any = None) -> Any:
+        """Fit on the user data; returns a ``SolveResult``."""
+
+    def forget(self, model: Any, retained: Any, cfg: Any, progress: Any = None) -> Any:
+        """Forget everything not in ``retained`` (D_r), from the model's current state."""
+
+    def bound(self, result: Any, cfg: Any, *, exact: bool | None = None, method: str | None = None) -> Any:
+        """The release's ``Bound`` (guarantee, kl_nats, ...)."""
+
+    def refine(self, cfg: Any) -> Any | None:
+        """Tighter settings for a forget that failed its gates (DESIGN §6.6), or None."""
+
+    def gate(self, bound: Any, parent_eval: dict | None, new_eval: dict | None, cfg: Any) -> Any:
+        """A ``GateResult``: may this release be published?"""
+
+    def release(self, model: Any, cfg: Any) -> Any:
+        """The public parameters (noised); passed to :meth:`serve_bytes`."""
+
+    def evaluate(self, model: Any, source: Any, cfg: Any) -> dict:
+        """{"accuracy", "loss", "n"} on ``source``."""
+
+    def membership_auc(self, model: Any, forget: Any, eval_: Any, cfg: Any) -> float:
+        """Loss-threshold membership-inference AUC, forgotten vs eval samples."""
+
+    def serve_bytes(self, model: Any, released: Any | None, metadata: dict[str, Any]) -> bytes:
+        """The served file (``released`` None: the model's own parameters, no noise)."""
+
+    def save_private(self, model: Any) -> dict[str, bytes]:
+        """The private artifacts, by name (a subset of ``private_artifacts``, the first always)."""
+
+    def load_private(self, blobs: dict[str, bytes], cfg: Any) -> Any:
+        """The model back from :meth:`save_private`'s output."""
+
+    def supports(self, operation: str) -> bool:
+        """Whether ``zero`` / ``retrain`` exist for this method's family."""

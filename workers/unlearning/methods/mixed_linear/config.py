@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from workers.unlearning.methods import MethodConfig
 
 
-class MixedLinearConfig(BaseModel):
+class MixedLinearConfig(MethodConfig):
     """Settings of the ``mixed_linear`` method. ``method`` doubles as the registry key."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: Literal["mixed_linear"] = "mixed_linear"
     l2: float = Field(1e-3, gt=0, description="μ: L2 regularisation of the user weights")
@@ -17,7 +17,6 @@ class MixedLinearConfig(BaseModel):
     tol: float = Field(1e-9, gt=0, description="stop when ‖∇L(w)‖ ≤ tol (absolute)")
     max_iter: int = Field(2000, ge=1, description="CG iterations, in total over Newton steps")
     max_newton_steps: int = Field(4, ge=1)
-    chunk_size: int = Field(4096, ge=1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where new models are built (build_model)")
     dtype: Literal["auto", "float64", "float32"] = Field(
         "auto", description="pass dtype: auto = float64 on CPU, float32 on CUDA (CG scalars and reductions are always float64)"
@@ -30,3 +29,6 @@ class MixedLinearConfig(BaseModel):
     max_kl_per_release: float = Field(1e-3, ge=0)
     max_accuracy_drop: float = Field(0.01, ge=0)
     seed: int = 0
+
+
+CONFIG = MixedLinearConfig

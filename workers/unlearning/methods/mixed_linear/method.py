@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
 from workers.unlearning.bounds import Bound, exact_bound, information_bound
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import InvalidDataError
+from workers.unlearning.evaluation import evaluate, membership_inference_auc
+from workers.unlearning.gates import GateResult, check_gates
 from workers.unlearning.linearized import MixedLinearModel
+from workers.unlearning.methods.base import ModelSpec
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
 from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_state
+from workers.unlearning.serialization import load_model_from_bytes, to_bytes
+
+REFINE_ITER_FACTOR = 10  # gate remedy 1: this many times the configured iteration budget
 
 
 def _num_outputs(model: MixedLinearModel, source: TensorSource) -> int:
@@ -50,7 +59,56 @@ def _check(model: MixedLinearModel, source: TensorSource, what: str) -> None:
 class MixedLinear:
     name: ClassVar[str] = "mixed_linear"
     guarantee: ClassVar[str] = "certified"
+    families: ClassVar[frozenset[str]] = frozenset({"mixed_linear"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
     config_cls: ClassVar[type[MixedLinearConfig]] = MixedLinearConfig
+    # the noise-free weights (the start of the next job) and the Gram sums of the fitted set
+    # (affine heads only: the next forget can downdate them); both are user data, never served
+    private_artifacts: ClassVar[tuple[str, ...]] = ("weights", "gram")
+
+    # -- the runner's interface (methods.base.ForgettingMethod) ---------------------------------
+    def build(self, spec: ModelSpec, cfg: MixedLinearConfig) -> MixedLinearModel:
+        return MixedLinearModel.build(spec.architecture, spec.architecture_config, spec.linearize, cfg.target_scale,
+                                      device=cfg.device, seed=cfg.seed)
+
+    def prepare(self, model: MixedLinearModel, core: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> dict:
+        return self.train_core(model, core, cfg, progress)
+
+    def train(self, model: MixedLinearModel, user: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
+        return self.fit(model, user, cfg, progress)
+
+    def supports(self, operation: str) -> bool:
+        return operation in ("zero", "retrain")
+
+    def refine(self, cfg: MixedLinearConfig) -> MixedLinearConfig:
+        """DESIGN §6.6, first remedy: more iterations, to a tolerance that meets the KL budget."""
+        need = math.sqrt(2.0 * cfg.max_kl_per_release) * cfg.l2 * cfg.noise_std
+        tol = min(cfg.tol, 0.5 * need) if need > 0 else cfg.tol * 1e-3
+        return cfg.model_copy(update={"tol": max(tol, 1e-300), "max_iter": cfg.max_iter * REFINE_ITER_FACTOR})
+
+    def gate(self, bound: Bound, parent_eval: dict | None, new_eval: dict | None, cfg: MixedLinearConfig) -> GateResult:
+        return check_gates(bound, parent_eval, new_eval, cfg)
+
+    def evaluate(self, model: MixedLinearModel, source: TensorSource, cfg: MixedLinearConfig) -> dict:
+        return evaluate(model, source, cfg)
+
+    def membership_auc(self, model: MixedLinearModel, forget: TensorSource, eval_: TensorSource, cfg: MixedLinearConfig) -> float:
+        return membership_inference_auc(model, forget, eval_, cfg)
+
+    def serve_bytes(self, model: MixedLinearModel, released: dict[str, torch.Tensor] | None, metadata: dict[str, Any]) -> bytes:
+        return to_bytes(model, user_override=released, metadata=metadata)
+
+    def save_private(self, model: MixedLinearModel) -> dict[str, bytes]:
+        out = {"weights": to_bytes(model, metadata={"private": "noise-free; never served"})}
+        if model.fitted_gram is not None:
+            out["gram"] = st_save(model.fitted_gram.to_tensors(), metadata={"private": "Gram sums of the fitted set; never served"})
+        return out
+
+    def load_private(self, blobs: dict[str, bytes], cfg: MixedLinearConfig) -> MixedLinearModel:
+        model = load_model_from_bytes(blobs["weights"], device=cfg.device)
+        if "gram" in blobs:
+            model.fitted_gram = GramState.from_tensors(st_load(blobs["gram"]), device=model.device_)
+        return model
 
     # -- core ------------------------------------------------------------------------------
     def train_core(self, model: MixedLinearModel, core: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> dict:

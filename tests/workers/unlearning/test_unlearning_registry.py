@@ -1,0 +1,136 @@
+"""The method registry: what ``register`` refuses, and the runner's interface over every entry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+import pytest
+import torch
+
+from workers.unlearning import ConfigError, ModelSpec, TensorSource, get_method, list_methods, register, unregister
+from workers.unlearning.methods import MethodConfig, config_classes
+from workers.unlearning.methods.base import REQUIRED
+from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
+from workers.unlearning.methods.mixed_linear.method import MixedLinear
+
+
+class _Cfg(MixedLinearConfig):
+    method: Literal["reg_probe"] = "reg_probe"
+
+
+class _Probe(MixedLinear):
+    name = "reg_probe"
+    guarantee = "heuristic"
+    config_cls = _Cfg
+    private_artifacts = ("weights",)
+
+
+def _variant(**attrs):
+    return type("Variant", (_Probe,), attrs)()
+
+
+@pytest.mark.parametrize("attrs,needle", [
+    ({"name": "Bad-Name"}, "lower_snake"),
+    ({"name": ""}, "lower_snake"),
+    ({"guarantee": "probably"}, "guarantee"),
+    ({"families": frozenset()}, "families"),
+    ({"families": frozenset({"transformer"})}, "families"),
+    ({"kinds": frozenset({"people"})}, "kinds"),
+    ({"config_cls": MixedLinearConfig}, "says method='mixed_linear'"),
+    ({"config_cls": dict}, "MethodConfig"),
+    ({"private_artifacts": ()}, "private_artifacts"),
+    ({"private_artifacts": ("weights", "weights")}, "private_artifacts"),
+    ({"release": None}, "missing operations"),
+    ({"zero": None}, "missing operations"),  # the family has zero (supports says so) but no operation
+    ({"private_artifacts": ("Weights",)}, "private_artifacts"),
+    ({"private_artifacts": ["weights"]}, "private_artifacts"),
+])
+def test_register_refuses_an_invalid_entry(attrs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        register(_variant(**attrs))
+    assert "reg_probe" not in list_methods() and "reg_probe" not in config_classes()
+
+
+@pytest.mark.parametrize("absent", ["name", "guarantee", "families", "kinds", "config_cls", "private_artifacts", "train", "supports", None])
+def test_register_refuses_an_entry_missing_an_attribute_with_a_config_error(absent):
+    attrs = {k: getattr(_Probe, k) for k in ("name", "guarantee", "families", "kinds", "config_cls", "private_artifacts")}
+    attrs.update({op: getattr(_Probe, op) for op in REQUIRED})
+    if absent is not None:
+        del attrs[absent]
+    # with nothing else absent, ``zero``/``retrain`` are: ``supports`` says the family has them
+    with pytest.raises(ConfigError):
+        register(type("Bare", (), attrs)())
+    assert "reg_probe" not in list_methods()
+
+
+def test_register_accepts_every_family_and_kind_at_once():
+    from workers.unlearning.methods import FAMILIES, KINDS
+
+    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS)))
+    unregister("reg_probe")
+
+
+def test_unregister_of_an_unknown_name_is_a_no_op():
+    unregister("never_registered")
+    assert "never_registered" not in list_methods()
+
+
+def test_register_refuses_a_config_that_allows_unknown_keys():
+    class Loose(MethodConfig):
+        model_config = {"extra": "allow"}
+        method: Literal["reg_probe"] = "reg_probe"
+
+    with pytest.raises(ConfigError, match="forbid unknown keys"):
+        register(_variant(config_cls=Loose))
+
+
+def test_register_then_unregister_a_method_and_its_config():
+    probe = register(_Probe())
+    try:
+        assert get_method("reg_probe") is probe and config_classes()["reg_probe"] is _Cfg
+        with pytest.raises(ConfigError, match="already registered"):
+            register(_Probe())
+        with pytest.raises(ConfigError, match="already registered"):
+            register(type("Again", (MixedLinear,), {})(), replace=True)  # a built-in is never replaced
+    finally:
+        unregister("reg_probe")
+    assert "reg_probe" not in list_methods() and "reg_probe" not in config_classes()
+    with pytest.raises(ConfigError, match="unknown forgetting method"):
+        get_method("reg_probe")
+    with pytest.raises(ConfigError, match="built in"):
+        unregister("mixed_linear")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_runner_interface_round_trip(name):
+    """What the job runner calls, generically: build, prepare, train, forget, bound, release,
+    serve, and the private artifacts back into an equal model."""
+    method = get_method(name)
+    assert all(callable(getattr(method, op)) for op in REQUIRED)
+    assert method.config_cls is config_classes()[name]
+    cfg = method.config_cls(core_epochs=2, device="cpu", chunk_size=8)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+    model = method.build(ModelSpec("mlp", {"in_features": 5, "hidden": [6], "num_classes": 3}, "last:1"), cfg)
+    method.prepare(model, TensorSource(x[:10], y[:10]), cfg)
+    method.train(model, TensorSource(x[10:], y[10:], chunk_size=8), cfg)
+    result = method.forget(model, TensorSource(x[15:], y[15:], chunk_size=8), cfg)
+    bound = method.bound(result, cfg)
+    assert bound.guarantee in ("exact", "certified", "heuristic")
+    blobs = method.save_private(model)
+    assert method.private_artifacts[0] in blobs and set(blobs) <= set(method.private_artifacts)
+    back = method.load_private(blobs, cfg)
+    ev = TensorSource(x, y)
+    assert method.evaluate(back, ev, cfg) == method.evaluate(model, ev, cfg)
+    served = method.serve_bytes(model, method.release(model, cfg), {"model": "m"})
+    assert isinstance(served, bytes) and served not in blobs.values()  # the served file is not a private one
+
+
+def test_importing_the_configs_does_not_import_torch():
+    import subprocess
+
+    code = ("import sys; from workers.unlearning.methods import config_classes; "
+            "import workers.unlearning; c = config_classes(); print(sorted(c), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['mixed_linear'] False"
