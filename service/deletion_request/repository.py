@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, insert, select, text, update
+from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -176,3 +176,9 @@ def read_page(
         stmt, DeletionRequest.created_at, DeletionRequest.id, position, limit, id_convert=lambda v: uuid.UUID(str(v))
     )
     return [(r[0], r[1], r[2]) for r in session.execute(stmt).all()]
+
+
+def last_erased_at(session: Session):
+    return session.execute(
+        select(func.max(DeletionRequest.updated_at)).where(DeletionRequest.subject_id.is_(None))
+    ).scalar()

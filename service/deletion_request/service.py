@@ -439,3 +439,11 @@ def transition(
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
     return _read_row(session, row)
+
+
+TABLE = DeletionRequest.__tablename__
+
+
+def last_erased_at(session: Session) -> datetime | None:
+    """When a request last had its raw subject id cleared (the sweeper vacuums after it)."""
+    return repo.last_erased_at(session)

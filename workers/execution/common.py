@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.config import Settings
 from service.models import Job
 
 # Test hooks: name -> callable run at that point ("solve", "after_solve", "before_publish",
@@ -49,3 +50,20 @@ def touch(rt: Any, uri: str) -> None:
     """Refresh the mtime of a content-addressed file we just (re)wrote: when identical content
     already existed, the store kept the old file, and the orphan sweeper judges age by mtime."""
     os.utime(rt.store.path(uri))
+
+
+_OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "out of memory", "unable to allocate")
+
+
+def memory_cap_text(settings: Settings) -> str:
+    return f"{settings.jobs.memory_limit_mb} MiB (LETHE_JOBS__MEMORY_LIMIT_MB)"
+
+
+def out_of_memory(exc: BaseException, settings: Settings) -> str | None:
+    """The failure message when ``exc`` is an allocation refused under the memory cap, else None."""
+    msg = str(exc)
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(t in msg.lower() for t in _OOM_TEXT)):
+        first = msg.strip().splitlines()[0][:300] if msg.strip() else type(exc).__name__
+        cap = memory_cap_text(settings) if settings.jobs.memory_limit_mb else "the machine's memory"
+        return f"out of memory: the job needed more than its memory cap of {cap} ({type(exc).__name__}: {first})"
+    return None

@@ -40,26 +40,10 @@ from pathlib import Path
 from service.core.config import Settings
 from service.job import service as job_service
 from service.models import Job
+from workers.execution.common import memory_cap_text, out_of_memory
 from workers.runtime import Runtime
 
 log = logging.getLogger("lethe.isolation")
-
-_OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "out of memory", "unable to allocate")
-
-
-def memory_cap_text(settings: Settings) -> str:
-    return f"{settings.jobs.memory_limit_mb} MiB (LETHE_JOBS__MEMORY_LIMIT_MB)"
-
-
-def out_of_memory(exc: BaseException, settings: Settings) -> str | None:
-    """The failure message when ``exc`` is an allocation refused under the memory cap, else None."""
-    msg = str(exc)
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(t in msg.lower() for t in _OOM_TEXT)):
-        first = msg.strip().splitlines()[0][:300] if msg.strip() else type(exc).__name__
-        cap = memory_cap_text(settings) if settings.jobs.memory_limit_mb else "the machine's memory"
-        return f"out of memory: the job needed more than its memory cap of {cap} ({type(exc).__name__}: {first})"
-    return None
-
 
 # ----------------------------------------------------------------------------- parent
 def _rss_bytes(pid: int) -> int:

@@ -46,8 +46,8 @@ from service.job import service as job_service
 from service.model_registry import repository as registry_repo
 from service.model_registry.samples import read_samples
 from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
-from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, touch  # noqa: F401  (HOOKS: tests)
-from workers.execution.isolation import out_of_memory
+from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, out_of_memory, touch  # noqa: F401  (HOOKS: tests)
+
 from workers.execution.publish import publish
 from workers.runtime import Runtime
 from workers.unlearning.bounds import Bound

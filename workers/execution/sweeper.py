@@ -24,14 +24,12 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-
 from service.core.db import read_session, scrub_deleted, vacuum_table
 from service.job import outbox
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import purge as registry_purge
-from service.models import DeletionRequest
+from service.deletion_request import service as requests_service
 from service.models._types import utcnow
 from workers.execution.common import PRIVATE_PREFIX, WEIGHTS_PREFIX
 from workers.runtime import Runtime
@@ -115,12 +113,10 @@ def _vacuum_erased(rt: Runtime) -> bool:
     if rt.engine.dialect.name != "postgresql":
         return False
     with read_session(rt.session_factory) as session:
-        newest = session.execute(
-            select(func.max(DeletionRequest.updated_at)).where(DeletionRequest.subject_id.is_(None))
-        ).scalar()
+        newest = requests_service.last_erased_at(session)
     key = str(rt.engine.url)
     if newest is None or (key in _last_vacuum and newest <= _last_vacuum[key]):
         return False
-    vacuum_table(rt.engine, DeletionRequest.__tablename__)
+    vacuum_table(rt.engine, requests_service.TABLE)
     _last_vacuum[key] = newest
     return True
