@@ -124,6 +124,9 @@ class JobSettings(BaseModel):
     # "auto": RLIMIT_AS on CPU jobs and the watchdog; "rss": the watchdog only.
     memory_enforcement: Literal["auto", "rss"] = "auto"
     watchdog_interval_s: float = 0.25
+    # CPU priority of a job's process (os.nice increment, 0-19): where jobs share cores with the
+    # API (embedded mode), the API keeps answering promptly while a job computes.
+    nice: int = Field(10, ge=0, le=19)
 
 
 class Settings(BaseSettings):

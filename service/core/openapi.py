@@ -97,6 +97,7 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     ("/v1/deletion-requests", "post"): {404: {"description": "The body names a model that is not registered"}},
     ("/metrics", "get"): {200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}},
     ("/readyz", "get"): {503: {}},
+    ("/v1/tokens", "post"): {404: {"description": "The body names a client that does not exist"}},
 }
 
 

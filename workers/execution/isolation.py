@@ -157,6 +157,8 @@ def main(argv: list[str]) -> int:
     job_id, result = uuid.UUID(argv[1]), Path(argv[2])
     settings: Settings = pickle.loads(sys.stdin.buffer.read())
     _exit_with_parent()
+    if settings.jobs.nice:
+        os.nice(settings.jobs.nice)  # the API (same machine in embedded mode) stays responsive
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [job %(process)d] %(message)s")
     rt = Runtime.from_settings(settings)
     install_declared(settings)
