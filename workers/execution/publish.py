@@ -6,6 +6,11 @@ sample rows, revoke every older live version trained on their data (moving any a
 an alias never points at a revoked version), and append the audit events. The purge of sample
 chunks and revoked weight files follows through the outbox (:mod:`workers.execution.purge`).
 
+Before the transaction opens, every object the version will name is read back from the store and
+checked against its sha256 (:func:`verify_artifacts`): the row is committed only after the object
+exists with the right checksum. A mismatch is refused: the bad object is deleted, the checkpoint
+steps that wrote it are dropped, and the job is retried (it recomputes them).
+
 A crash before the commit leaves no visible version (the weights files written by the evaluate
 step are referenced only by the job's checkpoint; the rerun publishes them, and the sweeper
 deletes files nobody references). The job row is locked and its attempt checked first, so a
@@ -40,6 +45,7 @@ from service.models import (
     SubjectTombstone,
     VersionState,
 )
+from service.core.storage import ArtifactCorrupt, digest_of
 from service.models._types import utcnow
 from workers.execution.run import HOOKS, JobAbandoned, json_safe
 from workers.runtime import Runtime
@@ -56,7 +62,29 @@ def _held(info: dict, older: list[ModelVersion]) -> list[ModelVersion]:
     return [v for v in older if v.sample_watermark is not None and v.sample_watermark >= low]
 
 
+def verify_artifacts(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> None:
+    """Raise :class:`ArtifactCorrupt` (after deleting the object and dropping the checkpoint steps
+    that produced it) unless the weights and private weights exist with their sha256."""
+    evald, solved = cp["evaluate"], cp.get("solve") or {}
+    wanted = [(evald["artifact_uri"], evald["sha256"], evald.get("size_bytes"))]
+    if evald.get("private_uri"):
+        wanted.append((evald["private_uri"], digest_of(evald["private_uri"]) or solved.get("private_sha256"), None))
+    for uri, sha, size in wanted:
+        try:
+            rt.store.verify(uri, sha, size)
+        except ArtifactCorrupt:
+            rt.store.delete(uri)
+            drop = ["evaluate"] + (["solve"] if uri == solved.get("private_uri") else [])
+            with rt.session_factory.begin() as session:
+                job = job_repo.job_for_update(session, job_id)
+                if job is not None and job.status == JobStatus.running.value and job.attempts == attempt:
+                    job.checkpoint = {k: v for k, v in (job.checkpoint or {}).items() if k not in drop}
+                    job.step = JobStep.collect.value if "solve" in drop else JobStep.solve.value
+            raise
+
+
 def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVersion:
+    verify_artifacts(rt, job_id, attempt, cp)
     collected, evald = cp["collect"], cp["evaluate"]
     solved = cp["solve"]
     now = utcnow()

@@ -6,17 +6,20 @@ something is left). Idempotent and safe to run concurrently (chunk rows are lock
 
 A chunk is rewritten in its own short transaction: the remaining rows' inputs go to a new
 content-addressed chunk file, the rows are re-pointed, the old chunk row is deleted. Files are
-deleted only after the commit that stops referencing them, and only when no other row references
-the same content-addressed file; a crash in between leaves an orphan that the sweeper deletes.
+deleted only after the commit that stops referencing them, only when no other row references
+the same content-addressed file, and only when nobody wrote that file within
+``storage.delete_grace_s`` (a concurrent identical write is never lost); a file skipped for that
+reason, or left by a crash in between, is an orphan that the sweeper deletes later. Deleting
+from an S3 bucket deletes every version of the object.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from sqlalchemy import func, select, update
 
+from service.model_registry.samples import read_chunk_rows
 from service.models import ModelVersion, Sample, SampleChunk, VersionState
 from workers.execution.run import touch
 from workers.runtime import Runtime
@@ -30,11 +33,16 @@ def _referenced(session, uri: str) -> bool:
     ).scalar_one())
 
 
-def _delete_unreferenced(rt: Runtime, uris: list[str]) -> int:
+def _delete_unreferenced(rt: Runtime, uris: list[str], grace_s: float) -> int:
     removed = 0
     with rt.session_factory() as session:
         for uri in dict.fromkeys(uris):
-            if not _referenced(session, uri) and rt.store.delete(uri):
+            if _referenced(session, uri):
+                continue
+            idle = rt.store.idle_for(uri)
+            if idle is not None and idle < grace_s:
+                continue  # written recently: maybe by a job about to reference it; the sweeper decides later
+            if rt.store.delete(uri):
                 removed += 1
     return removed
 
@@ -55,7 +63,8 @@ def _revoked_with_files(session, model_id: int):
     )
 
 
-def purge_model(rt: Runtime, model_id: int) -> dict:
+def purge_model(rt: Runtime, model_id: int, *, grace_s: float | None = None) -> dict:
+    grace_s = rt.settings.storage.delete_grace_s if grace_s is None else grace_s
     rewritten = 0
     stale: list[str] = []
     with rt.session_factory() as session:
@@ -69,9 +78,9 @@ def purge_model(rt: Runtime, model_id: int) -> dict:
             if len(rows) == chunk.n_rows:
                 continue
             if rows:
-                x = st_load(rt.store.read_bytes(chunk.uri))["x"]
                 keep = np.array([r.row for r in rows], dtype=np.int64)
-                art = rt.store.put_bytes(st_save({"x": np.ascontiguousarray(x[keep])}), prefix=f"samples/{model_id}", suffix=".safetensors")
+                x = read_chunk_rows(rt.store, chunk, keep)
+                art = rt.store.put_bytes(st_save({"x": x}), prefix=f"samples/{model_id}", suffix=".safetensors")
                 touch(rt, art.uri)
                 new = SampleChunk(model_id=model_id, uri=art.uri, sha256=art.sha256, n_rows=len(rows))
                 session.add(new)
@@ -88,7 +97,7 @@ def purge_model(rt: Runtime, model_id: int) -> dict:
             stale += [u for u in (v.artifact_uri, v.private_uri) if u]
             v.artifact_uri = None
             v.private_uri = None
-    return {"chunks_rewritten": rewritten, "files_removed": _delete_unreferenced(rt, stale)}
+    return {"chunks_rewritten": rewritten, "files_removed": _delete_unreferenced(rt, stale, grace_s)}
 
 
 def needs_purge(session, model_id: int) -> bool:

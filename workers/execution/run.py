@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import traceback
@@ -262,7 +261,7 @@ def _put_weights(rt: Runtime, mm: MixedLinearModel, prefix: str, user_override=N
 def touch(rt: Runtime, uri: str) -> None:
     """Refresh the mtime of a content-addressed file we just (re)wrote: when identical content
     already existed, the store kept the old file, and the orphan sweeper judges age by mtime."""
-    os.utime(rt.store.path(uri))
+    rt.store.touch(uri)
 
 
 def _put_private(rt: Runtime, mm: MixedLinearModel, model: Model) -> tuple[str, str]:
