@@ -15,13 +15,18 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-secret-key-0123456789-abcdefghij"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def s3_env(storage: dict) -> dict[str, str]:
+    """LETHE_STORAGE__* for S3 storage settings (credentials travel in AWS_* from the environment)."""
+    return {f"LETHE_STORAGE__{k.upper()}": str(v) for k, v in storage.items() if v is not None}
 
 
 def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
