@@ -46,8 +46,8 @@ class Stack:
             out.append(f"--- beat\n{self.beat.tail(20)}")
         return "\n".join(out)
 
-    def start_worker(self, name: str = "worker") -> procs.Proc:
-        w = procs.worker(self.env, self.log_dir, name).start()
+    def start_worker(self, name: str = "worker", cwd=procs.ROOT, **env: str) -> procs.Proc:
+        w = procs.worker({**self.env, **env}, self.log_dir, name, cwd).start()
         self.workers.append(w)
         return w
 
@@ -55,10 +55,12 @@ class Stack:
 @pytest.fixture
 def stack(request, clean_tables, database_url, tmp_path):
     """API, beat and one worker. Parametrise indirectly with "s3" to put every artifact in a
-    (versioned) bucket of the session's S3 server instead of a local directory."""
+    (versioned) bucket of the session's S3 server instead of a local directory, or with
+    ``{"backend": ..., "worker": False}`` to start the workers yourself."""
     engine = clean_tables
     procs.flush_redis()
-    backend = getattr(request, "param", "local")
+    param = getattr(request, "param", "local")
+    backend, start_worker = (param, True) if isinstance(param, str) else (param["backend"], param.get("worker", True))
     storage = {"backend": "local", "root": str(tmp_path / "artifacts")}
     extra = {}
     if backend == "s3":
@@ -71,7 +73,8 @@ def stack(request, clean_tables, database_url, tmp_path):
     st = Stack(base=f"http://127.0.0.1:{port}", token=token, env=env, log_dir=tmp_path, engine=engine,
                api=procs.api(env, tmp_path, port).start(), storage=storage)
     st.beat = procs.beat(env, tmp_path).start()
-    st.start_worker()
+    if start_worker:
+        st.start_worker()
     try:
         procs.wait_http(st.base)
         yield st

@@ -50,14 +50,14 @@ def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
 
 
 class Proc:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.args, self.env = name, args, env
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
+        self.name, self.args, self.env, self.cwd = name, args, env, cwd
         self.log = log_dir / f"{name}.log"
         self.p: subprocess.Popen | None = None
 
     def start(self) -> "Proc":
         out = open(self.log, "a")
-        self.p = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         return self
 
@@ -88,9 +88,9 @@ def api(env: dict[str, str], log_dir: Path, port: int) -> Proc:
                         "--port", str(port), "--no-access-log"], env, log_dir)
 
 
-def worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Proc:
+def worker(env: dict[str, str], log_dir: Path, name: str = "worker", cwd: Path = ROOT) -> Proc:
     return Proc(name, [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu,default", "--pool", "solo",
-                       "--concurrency", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir)
+                       "--concurrency", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir, cwd)
 
 
 def beat(env: dict[str, str], log_dir: Path) -> Proc:
