@@ -1,7 +1,8 @@
 """Scale-out benchmark (DESIGN §9 last target, §11).
 
-1. Jobs per hour with one and with two Celery workers on two models: real uvicorn + beat + N
-   workers on PostgreSQL/Redis, artifacts in an S3 server on loopback (moto's standalone server),
+1. Jobs per hour with one and with two Celery workers on the "gpu" queue, two models: real
+   uvicorn + beat + a "default"-queue worker (housekeeping, as in compose) + N gpu workers on
+   PostgreSQL/Redis, artifacts in an S3 server on loopback (moto's standalone server),
    the workers in different working directories with no shared artifact directory. Each model
    is driven by its own client thread: file a request, "forget now", wait for the job; repeat.
    One worker runs the two models' jobs one after the other; two run them side by side.
@@ -84,7 +85,7 @@ def register(c: httpx.Client, name: str, dd: dict) -> None:
     assert r.status_code == 201, r.text
 
 
-def wait_job(c: httpx.Client, job_id: str, timeout=600) -> dict:
+def wait_job(c: httpx.Client, job_id: str, timeout=300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         j = c.get(f"/v1/jobs/{job_id}").json()
@@ -107,10 +108,10 @@ def throughput(s3: s3_support.S3Server, workdir: Path, rounds: int) -> dict:
     beat = procs.beat(env, workdir).start()
     workers: list[procs.Proc] = []
 
-    def add_worker(name):
+    def add_worker(name, queues="gpu"):
         home = workdir / name
         (home / "scratch").mkdir(parents=True, exist_ok=True)
-        w = procs.worker({**env, "LETHE_STORAGE__SCRATCH_DIR": str(home / "scratch")}, workdir, name, home).start()
+        w = procs.worker({**env, "LETHE_STORAGE__SCRATCH_DIR": str(home / "scratch")}, workdir, name, home, queues).start()
         workers.append(w)
         deadline = time.monotonic() + 120
         while " ready." not in (w.log.read_text() if w.log.exists() else ""):
@@ -122,6 +123,7 @@ def throughput(s3: s3_support.S3Server, workdir: Path, rounds: int) -> dict:
     try:
         procs.wait_http(f"http://127.0.0.1:{port}")
         c = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        add_worker("housekeeping", "default")  # as in compose: scheduling, sweeps, purges off the gpu workers
         add_worker("w1")
         for n_workers in (1, 2):
             if n_workers == 2:
@@ -154,7 +156,7 @@ def throughput(s3: s3_support.S3Server, workdir: Path, rounds: int) -> dict:
                         errors.append(f"{model}: {j['status']} {j.get('error')}")
 
             t0 = time.perf_counter()
-            threads = [threading.Thread(target=drive, args=(m,)) for m in names]
+            threads = [threading.Thread(target=drive, args=(m,), daemon=True) for m in names]
             for t in threads:
                 t.start()
             for t in threads:
@@ -287,16 +289,18 @@ def main() -> None:
     migrate.upgrade(URL)
     os.environ.update(s3_support.AWS_ENV)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="lethe-bench-scale-") as tmp:
-        work = Path(tmp)
-        s3 = s3_support.start_server(work / "moto.log")
-        try:
-            storage = storage_time(s3, work, args.storage_samples)
-            scale = throughput(s3, work, args.rounds)
-        finally:
-            s3.stop()
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    try:
+        with tempfile.TemporaryDirectory(prefix="lethe-bench-scale-") as tmp:
+            work = Path(tmp)
+            s3 = s3_support.start_server(work / "moto.log")
+            try:
+                storage = storage_time(s3, work, args.storage_samples)
+                scale = throughput(s3, work, args.rounds)
+            finally:
+                s3.stop()
+    finally:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
     result = {"scale": scale, "storage": storage, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}, "args": vars(args)}
     OUT.mkdir(parents=True, exist_ok=True)

@@ -88,8 +88,8 @@ def api(env: dict[str, str], log_dir: Path, port: int) -> Proc:
                         "--port", str(port), "--no-access-log"], env, log_dir)
 
 
-def worker(env: dict[str, str], log_dir: Path, name: str = "worker", cwd: Path = ROOT) -> Proc:
-    return Proc(name, [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu,default", "--pool", "solo",
+def worker(env: dict[str, str], log_dir: Path, name: str = "worker", cwd: Path = ROOT, queues: str = "gpu,default") -> Proc:
+    return Proc(name, [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "--pool", "solo",
                        "--concurrency", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir, cwd)
 
 
