@@ -98,7 +98,10 @@ def wait_job(c: httpx.Client, job_id: str, timeout=300) -> dict:
 def throughput(s3: s3_support.S3Server, workdir: Path, rounds: int) -> dict:
     storage = {"backend": "s3", "bucket": s3.new_bucket(versioned=True), "prefix": "bench", "endpoint_url": s3.endpoint,
                "region": "us-east-1", "addressing_style": "path"}
-    env = procs.env_for(URL, workdir / "unused", **procs.s3_env(storage))
+    # The production heartbeat settings: the tests' 4 s timeout would have the sweeper re-send a job
+    # that merely waits behind another on the single worker, and each duplicate costs a job process.
+    env = procs.env_for(URL, workdir / "unused", **procs.s3_env(storage),
+                        LETHE_PIPELINE__HEARTBEAT_INTERVAL_S="5", LETHE_PIPELINE__HEARTBEAT_TIMEOUT_S="60")
     port = procs.free_port()
     engine = make_engine(DatabaseSettings(url=URL))
     with make_session_factory(engine).begin() as s:
