@@ -6,7 +6,9 @@ S3 server; a SIGKILLed worker's job is finished by the other."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
+from datetime import datetime
 
 import pytest
 from conftest import make_data, register_and_ingest, wait_job
@@ -25,8 +27,24 @@ def _holder(stack, job_id: str) -> list[str]:
     return [w.name for w in stack.workers if f"[{job_id}] received" in (w.log.read_text() if w.log.exists() else "")]
 
 
-def _overlap(a: Job, b: Job) -> bool:
-    return a.started_at < b.finished_at and b.started_at < a.finished_at
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): .*Task job\.run\[([0-9a-f-]+)\] (received|succeeded)")
+
+
+def _window(stack, job_id: str) -> tuple[datetime, datetime]:
+    """When the worker that ran the job's task received it and when the task (job process
+    included) ended, from the worker's log."""
+    seen: dict[str, datetime] = {}
+    for w in stack.workers:
+        for line in w.log.read_text().splitlines():
+            m = _LINE.match(line)
+            if m and m.group(2) == job_id:
+                seen.setdefault(m.group(3), datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"))
+    return seen.get("received"), seen.get("succeeded")
+
+
+def _overlap(stack, a: str, b: str) -> bool:
+    (s1, e1), (s2, e2) = _window(stack, a), _window(stack, b)
+    return s1 < e2 and s2 < e1
 
 
 @pytest.mark.parametrize("stack", [{"backend": "s3", "worker": False}], indirect=True)
@@ -45,23 +63,22 @@ def test_two_workers_share_only_db_broker_and_object_store(stack, tmp_path):
     for m in ("alpha", "beta"):
         register_and_ingest(c, m, data, hidden=(32,))
 
-    def run_pair(start) -> list[Job]:
+    def run_pair(start) -> None:
         ids = [start(m) for m in ("alpha", "beta")]
         for i in ids:
             assert wait_job(stack, c, i, 240)["status"] == "succeeded", stack.logs()
         holders = [_holder(stack, i) for i in ids]
         assert sorted(h[0] for h in holders) == ["w1", "w2"] and all(len(h) == 1 for h in holders), holders
-        with Session(stack.engine) as s:
-            jobs = [s.get(Job, i) for i in ids]
-            s.expunge_all()
-        assert _overlap(*jobs), [(j.started_at, j.finished_at) for j in jobs]  # in parallel
-        return jobs
+        procs.wait_for(lambda: all(all(_window(stack, i)) for i in ids), 30, "the tasks' log lines", on_timeout=stack.logs)
+        assert _overlap(stack, *ids), [_window(stack, i) for i in ids]  # in parallel
 
     run_pair(lambda m: c.post(f"/v1/models/{m}/train").json()["id"])
 
-    def forget(m):
+    for m in ("alpha", "beta"):  # both models' requests queued first, then both batches started
         for subj in ("person-001", "person-007"):
             assert c.post("/v1/deletion-requests", json={"subject_id": subj, "model": m}).status_code == 202
+
+    def forget(m):
         return c.post(f"/v1/models/{m}/forget-now").json()["id"]
 
     run_pair(forget)
