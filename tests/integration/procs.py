@@ -43,7 +43,7 @@ def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
         LETHE_PIPELINE__SWEEPER_INTERVAL_S="1",
         PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'integration'}",
         # a legacy-style key ("module:function") the administrator declared (test_faults)
-        LETHE_ARCHITECTURES__DECLARED='{"crashing_network:build": "crashing_network:build"}',
+        LETHE_ARCHITECTURES__DECLARED='{"crashing_network:build": "crashing_network:build", "slow_network:build": "slow_network:build"}',
     )
     env.update(extra)
     return env
