@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -14,7 +15,7 @@ from service.core.config import Settings, get_settings
 from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
 from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
-from service.core.storage import ArtifactStore
+from service.core.storage import StorageUnavailable, make_store
 from workers.unlearning.methods import config_classes
 
 log = logging.getLogger("lethe.api")
@@ -32,8 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
-        app.state.store = ArtifactStore(settings.storage.root)
+        app.state.store = make_store(settings.storage)
         _rekey_audit_chain(app.state.session_factory)
+        # A store that cannot be used is said at startup, clearly; /readyz keeps saying which.
+        problem = await anyio.to_thread.run_sync(_check_storage, app.state.store)
+        if problem != "ok":
+            log.error("artifact store unavailable: %s", problem)
         try:
             yield
         finally:
@@ -86,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker = _check_broker(settings)
         checks["broker"] = broker
         ok = ok and broker == "ok"
+        storage = _check_storage(request.app.state.store)
+        checks["storage"] = storage
+        ok = ok and storage == "ok"
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     from service.core import openapi
@@ -111,6 +119,16 @@ def _rekey_audit_chain(factory) -> None:
         sign_after_key_rotation(session)
     if n:
         log.warning("audit chain: %d events of the old unkeyed chain re-linked with the HMAC key", n)
+
+
+def _check_storage(store) -> str:
+    try:
+        store.check()
+        return "ok"
+    except StorageUnavailable as exc:
+        return f"error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+        return f"error: {type(exc).__name__}: {exc}"
 
 
 def _check_broker(settings: Settings) -> str:

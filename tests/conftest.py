@@ -59,6 +59,34 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator["s3_support.S3Server"]:
+    """A real S3-compatible server (moto's standalone server) on loopback for the session; boto3
+    finds its credentials in the environment (the standard chain), as in production."""
+    import s3_support
+
+    saved = {k: os.environ.get(k) for k in s3_support.AWS_ENV}
+    os.environ.update(s3_support.AWS_ENV)
+    server = s3_support.start_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_storage(s3_server) -> dict:
+    """Storage settings of a fresh VERSIONED bucket on the session's S3 server (no grace period)."""
+    bucket = s3_server.new_bucket(versioned=True)
+    return {"backend": "s3", "bucket": bucket, "prefix": "lethe", "endpoint_url": s3_server.endpoint,
+            "region": "us-east-1", "addressing_style": "path", "delete_grace_s": 0}
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(

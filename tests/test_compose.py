@@ -37,11 +37,34 @@ def test_gpu_worker_is_one_process_with_a_reserved_gpu():
     assert devices[0]["capabilities"] == ["gpu"]
 
 
-def test_artifacts_and_databases_are_on_volumes():
+def test_databases_and_objects_are_on_volumes_and_nothing_is_shared_by_the_workers():
     doc = _load()
-    assert {"pgdata", "redisdata", "artifacts"} <= set(doc["volumes"])
+    assert {"pgdata", "redisdata", "miniodata"} <= set(doc["volumes"])
+    assert "artifacts" not in doc["volumes"]
+    for name in ("api", "worker-gpu", "worker-default", "beat"):
+        svc = doc["services"][name]
+        assert not svc.get("volumes"), f"{name} must not share a filesystem"
+        env = svc["environment"]
+        assert env["LETHE_STORAGE__BACKEND"] == "s3" and env["LETHE_STORAGE__ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_minio_with_a_bucket_creating_one_shot():
+    services = _load()["services"]
+    assert "healthcheck" in services["minio"]
+    init = services["minio-init"]
+    assert init["restart"] == "no" and init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(init["command"])
+    assert "mc mb --ignore-existing" in script and "mc version enable" in script
     for name in ("api", "worker-gpu", "worker-default"):
-        assert any(v.startswith("artifacts:") for v in doc["services"][name]["volumes"]), name
+        assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_gpu_worker_scales_to_n():
+    gpu = _load()["services"]["worker-gpu"]
+    # --scale worker-gpu=N needs no fixed container name and no host port
+    assert "container_name" not in gpu and "ports" not in gpu
+    cmd = gpu["command"]
+    assert "%h" in cmd[cmd.index("-n") + 1]  # node names unique per replica
 
 
 def test_dockerfile_installs_pinned_torch_first():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -10,7 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.config import Settings, get_settings
 from service.core.db import make_engine, make_session_factory
-from service.core.storage import ArtifactStore
+from service.core.storage import ArtifactStore, StorageUnavailable, make_store
+
+log = logging.getLogger("lethe.worker")
 
 
 @dataclass
@@ -26,7 +29,12 @@ class Runtime:
 
         audit_keys.configure(settings.audit)  # the keys that link events and sign checkpoints
         engine = make_engine(settings.database)
-        return cls(settings, engine, make_session_factory(engine), ArtifactStore(settings.storage.root))
+        store = make_store(settings.storage)
+        try:
+            store.check()
+        except StorageUnavailable as exc:  # said clearly now; each job that needs it fails with the reason
+            log.error("artifact store unavailable: %s", exc)
+        return cls(settings, engine, make_session_factory(engine), store)
 
 
 _lock = threading.Lock()

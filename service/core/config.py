@@ -37,7 +37,35 @@ class BrokerSettings(BaseModel):
 
 
 class StorageSettings(BaseModel):
+    """The artifact store (DESIGN §11). ``local``: a directory; ``s3``: S3-compatible object storage.
+
+    S3 credentials are NOT settings: boto3's standard chain supplies them (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, instance or IRSA roles)."""
+
+    backend: Literal["local", "s3"] = "local"
+    # local backend: the artifact directory
     root: Path = Path("var/artifacts")
+    # s3 backend
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None  # e.g. http://minio:9000; None = AWS
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 3
+    range_block_bytes: int = 8 * 1024 * 1024  # one ranged GET when streaming a sample chunk
+    verify_writes: bool = True  # s3: read every object back and check its sha256 after writing it
+    scratch_dir: Path | None = None  # local temp files of a worker (None: the system temp dir)
+    # An unreferenced object is deleted only once nobody wrote it for this long (a concurrent
+    # identical write of a content-addressed key is never lost).
+    delete_grace_s: float = 600.0
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> "StorageSettings":
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("LETHE_STORAGE__BUCKET must be set when LETHE_STORAGE__BACKEND=s3")
+        return self
 
 
 class SecuritySettings(BaseModel):

@@ -377,6 +377,16 @@ def beat(session: Session, job_id: uuid.UUID, attempt: int, *, progress: dict | 
     )
 
 
+def drop_steps(session: Session, job_id: uuid.UUID, attempt: int, steps: list[str], resume_at: str) -> None:
+    """Forget checkpointed steps whose output turned out unusable (a corrupt artifact): the next
+    attempt recomputes them, starting at ``resume_at``. Nothing when ``attempt`` lost the job."""
+    job = lock_owned(session, job_id, attempt)
+    if job is None:
+        return
+    job.checkpoint = {k: v for k, v in (job.checkpoint or {}).items() if k not in steps}
+    job.step = resume_at
+
+
 def save_step(session: Session, job_id: uuid.UUID, attempt: int, step: str, output: dict) -> dict | None:
     """Record a finished step's output in the checkpoint; None when ``attempt`` lost the job."""
     job = lock_owned(session, job_id, attempt)

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.core.storage import ArtifactStore
+from service.model_registry.samples import read_chunk_rows
 from service.models import Model, ModelVersion, Sample, SampleChunk, VersionArtifact, VersionState
 
 
@@ -36,9 +36,9 @@ def rewrite_chunk(session: Session, store: ArtifactStore, model_id: int, chunk_i
     if len(rows) == chunk.n_rows:
         return None
     if rows:
-        x = st_load(store.read_bytes(chunk.uri))["x"]
         keep = np.array([r.row for r in rows], dtype=np.int64)
-        art = store.put_bytes(st_save({"x": np.ascontiguousarray(x[keep])}), prefix=f"samples/{model_id}", suffix=".safetensors")
+        x = read_chunk_rows(store, chunk, keep)  # streamed: memory grows with the kept rows, not the file
+        art = store.put_bytes(st_save({"x": np.ascontiguousarray(x)}), prefix=f"samples/{model_id}", suffix=".safetensors")
         on_write(art.uri)
         new = SampleChunk(model_id=model_id, uri=art.uri, sha256=art.sha256, n_rows=len(rows))
         session.add(new)

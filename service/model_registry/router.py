@@ -225,9 +225,10 @@ def get_weights(name: str, ref: str, request: Request, session: SessionDep,
     if _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     store = request.app.state.store
-    if not v.artifact_uri or not store.exists(v.artifact_uri):
+    stat = store.stat(v.artifact_uri) if v.artifact_uri else None
+    if stat is None:
         raise service.VersionRevoked(f"The weights of version {v.number} are no longer stored")
-    size = store.size(v.artifact_uri)
+    size = stat[0]
     start, end = 0, size - 1
     status = 200
     if range_:
@@ -244,20 +245,8 @@ def get_weights(name: str, ref: str, request: Request, session: SessionDep,
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    path = store.path(v.artifact_uri)
-
-    def stream():
-        with open(path, "rb") as f:
-            f.seek(start)
-            left = end - start + 1
-            while left > 0:
-                block = f.read(min(1 << 20, left))
-                if not block:
-                    break
-                left -= len(block)
-                yield block
-
-    return StreamingResponse(stream(), status_code=status, media_type="application/vnd.safetensors", headers=headers)
+    # Streamed from the store (a ranged GET on S3) after the checks above: tokens, 410, ETag.
+    return StreamingResponse(store.iter_range(v.artifact_uri, start, end), status_code=status, media_type="application/vnd.safetensors", headers=headers)
 
 
 # ----------------------------------------------------------------------------- aliases

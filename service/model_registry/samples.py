@@ -7,21 +7,23 @@ whose ``Sample.row == i``. Labels, splits and subject keys live in SQL only.
 
 :func:`read_samples` reads every chunk file it needs exactly once, checks it against the row
 that names it (sha256, tensor name, dtype, shape, row range) and returns the inputs in sample-id
-order, so two reads of the same rows give the same arrays.
+order, so two reads of the same rows give the same arrays. A chunk is streamed (ranged GETs on
+S3, buffered reads locally) in blocks of about 1 MiB: the wanted rows are copied straight into
+the output and the whole file is hashed on the way, so memory does not grow with the chunk size.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors.numpy import load as st_load
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.core.storage import ArtifactStore
+from service.core.storage import ArtifactCorrupt, ArtifactStore
 from service.models import Model, Sample, SampleChunk
 
 CHUNK_TENSOR = "x"
@@ -117,11 +119,10 @@ def read_samples(
     bounds = np.flatnonzero(np.diff(chunk_arr[order])) + 1
     for group in np.split(order, bounds):
         cid = int(chunk_arr[group[0]])
-        data = _load_chunk(store, chunks.get(cid), cid, shape)
-        wanted = row_arr[group]
-        if wanted.min() < 0 or wanted.max() >= data.shape[0]:
-            raise SampleChunkCorrupt(f"sample chunk {cid} has {data.shape[0]} rows; a sample points at row {int(wanted.max())}")
-        x[group] = data[wanted]
+        chunk = chunks.get(cid)
+        if chunk is None:  # pragma: no cover - the foreign key makes this unreachable
+            raise SampleChunkCorrupt(f"sample chunk {cid} has no row")
+        _stream_rows(store, chunk, row_arr[group], x, group, shape)
     return SampleSet(
         x=x,
         y=np.asarray(labels, dtype=np.int64),
@@ -130,21 +131,70 @@ def read_samples(
     )
 
 
-def _load_chunk(store: ArtifactStore, chunk: SampleChunk | None, cid: int, shape: tuple[int, ...]) -> np.ndarray:
-    if chunk is None:  # pragma: no cover - the foreign key makes this unreachable
-        raise SampleChunkCorrupt(f"sample chunk {cid} has no row")
+def _stream_rows(store: ArtifactStore, chunk: SampleChunk, rows: np.ndarray, out: np.ndarray, out_idx: np.ndarray,
+                 shape: tuple[int, ...] | None) -> None:
+    """Copy rows ``rows`` of ``chunk`` into ``out[out_idx]``, streaming the file once and checking
+    its sha256, tensor name, dtype, shape and row count on the way."""
+    cid = chunk.id
     try:
-        raw = store.read_bytes(chunk.uri)
+        reader = store.open(chunk.uri, sha256=chunk.sha256)
     except (FileNotFoundError, ValueError) as exc:
         raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) cannot be read: {exc}") from None
-    if hashlib.sha256(raw).hexdigest() != chunk.sha256:
-        raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) does not match its sha256")
-    tensors = st_load(raw)
-    data = tensors.get(CHUNK_TENSOR)
-    if data is None or data.dtype != CHUNK_DTYPE or tuple(data.shape[1:]) != shape or data.shape[0] != chunk.n_rows:
-        got = None if data is None else (str(data.dtype), list(data.shape))
-        raise SampleChunkCorrupt(f"sample chunk {cid} holds {got}, expected float32 ({chunk.n_rows}, *{list(shape)})")
-    return data
+    with reader:
+        head = reader.read(8)
+        if len(head) != 8:
+            raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) is truncated")
+        (n_header,) = struct.unpack("<Q", head)
+        try:
+            if n_header > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(reader.read(n_header))
+            meta = header[CHUNK_TENSOR]
+            dtype, tshape, (begin, end) = meta["dtype"], [int(d) for d in meta["shape"]], meta["data_offsets"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) has no readable tensor {CHUNK_TENSOR!r}: {exc}") from None
+        if dtype != "F32" or (shape is not None and tuple(tshape[1:]) != shape) or not tshape or tshape[0] != chunk.n_rows:
+            raise SampleChunkCorrupt(f"sample chunk {cid} holds {(dtype, tshape)}, expected F32 ({chunk.n_rows}, *{list(shape or ())})")
+        n_rows = tshape[0]
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
+            raise SampleChunkCorrupt(f"sample chunk {cid} has {n_rows} rows; a sample points at row {int(rows.max())}")
+        row_bytes = int(np.prod(tshape[1:], dtype=np.int64)) * 4
+        if end - begin != n_rows * row_bytes:
+            raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) has inconsistent data offsets")
+        reader.read(begin)  # padding between header and data, if any
+        order = np.argsort(rows, kind="stable")
+        srows, sidx = rows[order], out_idx[order]
+        per_block = max(1, (1 << 20) // max(row_bytes, 1))
+        pos = 0
+        for first in range(0, n_rows, per_block):
+            count = min(per_block, n_rows - first)
+            raw = reader.read(count * row_bytes)
+            if len(raw) != count * row_bytes:
+                raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) is truncated")
+            stop = int(np.searchsorted(srows, first + count, side="left"))
+            if stop > pos:
+                block = np.frombuffer(raw, dtype="<f4").reshape(count, *tshape[1:])
+                out[sidx[pos:stop]] = block[srows[pos:stop] - first]
+                pos = stop
+        try:
+            reader.verify()
+        except ArtifactCorrupt:
+            raise SampleChunkCorrupt(f"sample chunk {cid} ({chunk.uri}) does not match its sha256") from None
+
+
+def read_chunk_rows(store: ArtifactStore, chunk: SampleChunk, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of one chunk (float32, in the order asked), streamed and verified."""
+    rows = np.asarray(rows, dtype=np.int64)
+    with store.open(chunk.uri, sha256=chunk.sha256) as r:
+        head = r.read(8)
+        (n_header,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+        try:
+            tshape = json.loads(r.read(n_header))[CHUNK_TENSOR]["shape"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SampleChunkCorrupt(f"sample chunk {chunk.id} ({chunk.uri}) has no readable tensor: {exc}") from None
+    out = np.empty((len(rows), *[int(d) for d in tshape[1:]]), dtype=CHUNK_DTYPE)
+    _stream_rows(store, chunk, rows, out, np.arange(len(rows)), None)
+    return out
 
 
 def encode_chunk(x: np.ndarray) -> bytes:

@@ -25,6 +25,15 @@ class Stack:
     api: procs.Proc
     workers: list = field(default_factory=list)
     beat: procs.Proc | None = None
+    storage: dict = field(default_factory=dict)
+
+    @property
+    def store(self):
+        """The artifact store the processes use, seen from the test."""
+        from service.core.config import StorageSettings
+        from service.core.storage import make_store
+
+        return make_store(StorageSettings(**self.storage))
 
     @property
     def http(self) -> httpx.Client:
@@ -37,24 +46,35 @@ class Stack:
             out.append(f"--- beat\n{self.beat.tail(20)}")
         return "\n".join(out)
 
-    def start_worker(self, name: str = "worker") -> procs.Proc:
-        w = procs.worker(self.env, self.log_dir, name).start()
+    def start_worker(self, name: str = "worker", cwd=procs.ROOT, **env: str) -> procs.Proc:
+        w = procs.worker({**self.env, **env}, self.log_dir, name, cwd).start()
         self.workers.append(w)
         return w
 
 
 @pytest.fixture
-def stack(clean_tables, database_url, tmp_path):
+def stack(request, clean_tables, database_url, tmp_path):
+    """API, beat and one worker. Parametrise indirectly with "s3" to put every artifact in a
+    (versioned) bucket of the session's S3 server instead of a local directory, or with
+    ``{"backend": ..., "worker": False}`` to start the workers yourself."""
     engine = clean_tables
     procs.flush_redis()
-    env = procs.env_for(database_url, tmp_path / "artifacts")
+    param = getattr(request, "param", "local")
+    backend, start_worker = (param, True) if isinstance(param, str) else (param["backend"], param.get("worker", True))
+    storage = {"backend": "local", "root": str(tmp_path / "artifacts")}
+    extra = {}
+    if backend == "s3":
+        storage = dict(request.getfixturevalue("s3_storage"))
+        extra = procs.s3_env(storage)
+    env = procs.env_for(database_url, tmp_path / "artifacts", **extra)
     port = procs.free_port()
     with Session(engine) as s, s.begin():
         _, token = create_token(s, Role.admin, "integration")
     st = Stack(base=f"http://127.0.0.1:{port}", token=token, env=env, log_dir=tmp_path, engine=engine,
-               api=procs.api(env, tmp_path, port).start())
+               api=procs.api(env, tmp_path, port).start(), storage=storage)
     st.beat = procs.beat(env, tmp_path).start()
-    st.start_worker()
+    if start_worker:
+        st.start_worker()
     try:
         procs.wait_http(st.base)
         yield st

@@ -15,13 +15,18 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-secret-key-0123456789-abcdefghij"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def s3_env(storage: dict) -> dict[str, str]:
+    """LETHE_STORAGE__* for S3 storage settings (credentials travel in AWS_* from the environment)."""
+    return {f"LETHE_STORAGE__{k.upper()}": str(v) for k, v in storage.items() if v is not None}
 
 
 def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
@@ -38,21 +43,21 @@ def env_for(db_url: str, storage: Path, **extra: str) -> dict[str, str]:
         LETHE_PIPELINE__SWEEPER_INTERVAL_S="1",
         PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'integration'}",
         # a legacy-style key ("module:function") the administrator declared (test_faults)
-        LETHE_ARCHITECTURES__DECLARED='{"crashing_network:build": "crashing_network:build"}',
+        LETHE_ARCHITECTURES__DECLARED='{"crashing_network:build": "crashing_network:build", "slow_network:build": "slow_network:build"}',
     )
     env.update(extra)
     return env
 
 
 class Proc:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.args, self.env = name, args, env
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
+        self.name, self.args, self.env, self.cwd = name, args, env, cwd
         self.log = log_dir / f"{name}.log"
         self.p: subprocess.Popen | None = None
 
     def start(self) -> "Proc":
         out = open(self.log, "a")
-        self.p = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         return self
 
@@ -83,9 +88,9 @@ def api(env: dict[str, str], log_dir: Path, port: int) -> Proc:
                         "--port", str(port), "--no-access-log"], env, log_dir)
 
 
-def worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Proc:
-    return Proc(name, [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu,default", "--pool", "solo",
-                       "--concurrency", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir)
+def worker(env: dict[str, str], log_dir: Path, name: str = "worker", cwd: Path = ROOT, queues: str = "gpu,default") -> Proc:
+    return Proc(name, [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "--pool", "solo",
+                       "--concurrency", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir, cwd)
 
 
 def beat(env: dict[str, str], log_dir: Path) -> Proc:

@@ -20,6 +20,7 @@ from workers.client import LetheClient, VersionGone
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("stack", ["local", "s3"], indirect=True)
 def test_register_train_delete_pull_verify(stack, tmp_path):
     c = stack.http
     data = make_data()
@@ -73,8 +74,9 @@ def test_register_train_delete_pull_verify(stack, tmp_path):
     xu = data["user"][0][np.isin(np.array(data["subjects"]), gone)]
     with Session(stack.engine) as s:
         uris = list(s.execute(select(SampleChunk.uri)).scalars())
-    store_root = tmp_path / "artifacts"
-    stored = np.concatenate([st_load((store_root / u[len("local://"):]).read_bytes())["x"] for u in uris])
+    store = stack.store
+    assert all(u.startswith("s3://" if stack.storage["backend"] == "s3" else "local://") for u in uris)
+    stored = np.concatenate([st_load(store.read_bytes(u))["x"] for u in uris])
     for row in xu:
         assert not np.any(np.all(stored == row, axis=1))
 

@@ -19,7 +19,7 @@ def test_healthz(client):
 def test_readyz_reports_database_and_broker(client):
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert r.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
 
 
 def test_readyz_fails_when_broker_unreachable(settings):

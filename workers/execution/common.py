@@ -49,7 +49,7 @@ def json_safe(value: Any) -> Any:
 def touch(rt: Any, uri: str) -> None:
     """Refresh the mtime of a content-addressed file we just (re)wrote: when identical content
     already existed, the store kept the old file, and the orphan sweeper judges age by mtime."""
-    os.utime(rt.store.path(uri))
+    rt.store.touch(uri)
 
 
 _OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "out of memory", "unable to allocate")

@@ -10,6 +10,11 @@ This module keeps the lock, the fencing check and the order; the domains own the
 5. append the audit events (``version.published``, ``version.revoked``);
 6. send the purge through the outbox and mark the job ``succeeded`` (``service.job``).
 
+Before the transaction opens, every object the version will name is read back from the store and
+checked against its sha256 (:func:`verify_artifacts`): the row is committed only after the object
+exists with the right checksum. A mismatch is refused: the bad object is deleted, the checkpoint
+steps that wrote it are dropped, and the job is retried (it recomputes them).
+
 A crash before the commit leaves no visible version (the weights files written by the evaluate
 step are referenced only by the job's checkpoint; the rerun publishes them, and the sweeper
 deletes files nobody references). The job row is locked and its attempt checked first, so a job
@@ -26,8 +31,9 @@ from service.core.db import scrub_deleted
 from service.deletion_request.service import close_request
 from service.job import repository as job_repo
 from service.job import service as job_service
+from service.core.storage import ArtifactCorrupt, digest_of
 from service.model_registry import publication
-from service.models import ModelVersion, RequestStatus
+from service.models import JobStep, ModelVersion, RequestStatus
 from service.models._types import utcnow
 from workers.execution.common import HOOKS, JobAbandoned, json_safe
 from workers.runtime import Runtime
@@ -35,9 +41,30 @@ from workers.runtime import Runtime
 PUBLISHER = "system:publish"
 
 
+def verify_artifacts(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> None:
+    """Raise :class:`ArtifactCorrupt` (after deleting the object and dropping the checkpoint steps
+    that produced it) unless the weights and every private artifact exist with their sha256."""
+    evald, solved = cp["evaluate"], cp.get("solve") or {}
+    private = evald.get("private_artifacts") or ({"weights": {"uri": evald["private_uri"]}} if evald.get("private_uri") else {})
+    wanted = [(evald["artifact_uri"], evald["sha256"], evald.get("size_bytes"))]
+    wanted += [(a["uri"], a.get("sha256") or digest_of(a["uri"]), a.get("size_bytes")) for a in private.values()]
+    from_solve = {a["uri"] for a in (solved.get("private_artifacts") or {}).values()} | {solved.get("private_uri")}
+    for uri, sha, size in wanted:
+        try:
+            rt.store.verify(uri, sha, size)
+        except ArtifactCorrupt:
+            rt.store.delete(uri)
+            drop = ["evaluate"] + (["solve"] if uri in from_solve else [])
+            with rt.session_factory.begin() as session:
+                job_service.drop_steps(session, job_id, attempt, drop,
+                                       JobStep.collect.value if "solve" in drop else JobStep.solve.value)
+            raise
+
+
 def publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVersion:
     """Publish in one transaction; once it has committed, scrub the erased raw subject ids'
     old page images from the database files (SQLite's WAL; see ``scrub_deleted``)."""
+    verify_artifacts(rt, job_id, attempt, cp)
     version = _publish(rt, job_id, attempt, cp)
     scrub_deleted(rt.engine)
     return version

@@ -10,9 +10,10 @@ Entry point :func:`sweep(rt, orphan_grace_s=...) <sweep>`. One round:
   only slow finds its attempt superseded and abandons its work.
 * models with something left to purge get a ``pipeline.purge`` message (at most one per model
   per ``heartbeat_timeout_s``);
-* weights, private weights, sample chunks and temp files that no row references and that are
-  older than ``orphan_grace_s`` are deleted (a crash between writing a file and committing the
-  row that names it leaves such files);
+* weights, private weights, sample chunks and temp files that no row references and that were
+  last written more than ``orphan_grace_s`` ago (default ``storage.delete_grace_s``) are deleted,
+  every object version in a versioned bucket (a crash between writing a file and committing the
+  row that names it leaves such files; so does a purge that found a file written too recently);
 * sent outbox rows older than a day are deleted;
 * erased raw subject ids leave no old row images behind: on PostgreSQL the requests table is
   vacuumed when requests reached a final status since the last round (completed rows keep the
@@ -34,7 +35,7 @@ from service.models._types import utcnow
 from workers.execution.common import PRIVATE_PREFIX, WEIGHTS_PREFIX
 from workers.runtime import Runtime
 
-ORPHAN_GRACE_S = 600.0
+ORPHAN_GRACE_S = 600.0  # the default of storage.delete_grace_s
 OUTBOX_RETENTION = timedelta(days=1)
 PURGE_TASK_PREFIX = "purge-sweep-"
 
@@ -78,17 +79,17 @@ def _delete_orphans(rt: Runtime, refs: set[str], grace_s: float) -> int:
         for uri in rt.store.list_uris(prefix):
             if uri in refs:
                 continue
-            try:
-                if rt.store.path(uri).stat().st_mtime > cutoff:
-                    continue
-            except FileNotFoundError:
+            modified = rt.store.modified_at(uri)
+            if modified is None or modified > cutoff:
                 continue
             if rt.store.delete(uri):
                 removed += 1
     return removed
 
 
-def sweep(rt: Runtime, *, orphan_grace_s: float = ORPHAN_GRACE_S) -> dict:
+def sweep(rt: Runtime, *, orphan_grace_s: float | None = None) -> dict:
+    if orphan_grace_s is None:
+        orphan_grace_s = rt.settings.storage.delete_grace_s
     now = utcnow()
     out = {"requeued": 0, "failed": 0, "purges": 0, "orphans": 0}
     with rt.session_factory.begin() as session:

@@ -78,8 +78,8 @@ def test_filters_and_each_chunk_read_once(client, db, model, monkeypatch):
         assert client.post("/v1/models/img/samples", json={"samples": rows}, headers=client.auth("admin")).status_code == 201
     gone = [subject_key(secret, "u1"), subject_key(secret, "u3")]
     reads: list[str] = []
-    real = store.read_bytes
-    monkeypatch.setattr(store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    real = store.open
+    monkeypatch.setattr(store, "open", lambda uri, **kw: reads.append(uri) or real(uri, **kw))
     kept = read_samples(db, store, model.id, splits=["user"], exclude_subject_keys=gone)
     assert len(reads) == 3 and len(set(reads)) == 3
     assert kept.x[:, 0, 0].tolist() == [0, 2, 10, 12, 20, 22]

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from service.core.storage import ArtifactStore
+from service.core.storage import LocalArtifactStore as ArtifactStore
 from service.main import create_app
 from service.models import Model, ModelAlias, ModelVersion
 from service.models._types import utcnow

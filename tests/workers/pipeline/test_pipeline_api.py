@@ -9,7 +9,7 @@ import pytest
 from pipeline_support import file_request, ingest, register_model
 from sqlalchemy import func, select
 
-from service.core.storage import ArtifactStore
+from service.core.storage import LocalArtifactStore as ArtifactStore
 from service.job import service as job_service
 from service.models import AuditEvent, DeletionRequest, Job, OutboxMessage
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from service.audit.service import verify_chain
 from service.core.security import subject_key
-from service.core.storage import ArtifactStore
+from service.core.storage import LocalArtifactStore as ArtifactStore
 from service.job import service as job_service
 from service.models import AuditEvent, DeletionRequest, Job, JobKind, OutboxMessage, RequestStatus
 from service.models._types import utcnow
