@@ -13,7 +13,7 @@ from service.core.config import StorageSettings
 from service.core.storage import S3ArtifactStore
 from service.job import service as job_service
 from service.model_registry.samples import read_samples
-from service.models import Job, JobKind, Model, ModelVersion, SampleChunk
+from service.models import Job, JobKind, Model, ModelVersion, SampleChunk, VersionArtifact
 from workers.execution import run as run_mod
 from workers.execution.purge import purge_model
 from workers.execution.run import run_job
@@ -58,7 +58,9 @@ def test_purge_on_a_versioned_bucket_leaves_no_version_readable(rt_s3):
     with rt.session_factory() as s:
         v1 = s.execute(select(ModelVersion)).scalar_one()
         user_chunk = s.execute(select(SampleChunk).where(SampleChunk.n_rows == len(data["user"][1]))).scalar_one()
-        doomed = [v1.artifact_uri, v1.private_uri, user_chunk.uri]
+        private = [a.uri for a in s.execute(select(VersionArtifact).where(VersionArtifact.version_id == v1.id)).scalars()]
+        assert v1.private_uri in private and len(private) == 2  # mixed_linear: noise-free weights + Gram sums
+        doomed = [v1.artifact_uri, *private, user_chunk.uri]
     # every artifact went through the object store
     assert all(u.startswith(f"s3://{store.bucket}/lethe/") for u in doomed)
     # an overwrite of the same content-addressed key (a second writer) leaves two versions behind
@@ -69,7 +71,7 @@ def test_purge_on_a_versioned_bucket_leaves_no_version_readable(rt_s3):
     gone = ["subject-003", "subject-011"]
     assert run_job(rt, _forget(rt, model_id, *gone)) == "succeeded"
     out = purge_model(rt, model_id)  # s3_storage: delete_grace_s = 0
-    assert out["chunks_rewritten"] == 1 and out["files_removed"] == 3
+    assert out["chunks_rewritten"] == 1 and out["files_removed"] == len(doomed)
 
     for uri, version_ids in old.items():
         assert _all_versions(store, uri) == [], uri
