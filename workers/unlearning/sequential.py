@@ -85,19 +85,18 @@ class SequentialProducts:
             if i < self.first_linear:
                 continue
             if isinstance(m, nn.Linear):
-                h = records[i]
-                new = h @ v[f"{i}.weight"].T
-                if m.bias is not None:
-                    new = new + v[f"{i}.bias"]
-                t = new if t is None else torch.addmm(new, t, self.Wt[i])
+                h, vw = records[i], v[f"{i}.weight"]
+                new = torch.addmm(v[f"{i}.bias"], h, vw.T) if m.bias is not None else h @ vw.T
+                t = new if t is None else new.addmm_(t, self.Wt[i])
             elif records[i] is not None:
-                t = t * records[i]
+                t = t.mul_(records[i])  # t is always a fresh product here
             elif isinstance(m, nn.Flatten):
                 t = m(t)
         return t
 
     def vjp(self, records: list, u: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        fresh = False  # u is the caller's tensor until the first product replaces it
         for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
             m = self.layers[i]
             if isinstance(m, nn.Linear):
@@ -105,9 +104,9 @@ class SequentialProducts:
                 if m.bias is not None:
                     out[f"{i}.bias"] = u.sum(0)
                 if i > self.first_linear:
-                    u = u @ self.W[i]
+                    u, fresh = u @ self.W[i], True
             elif records[i] is not None:
-                u = u * records[i]
+                u = u.mul_(records[i]) if fresh else u * records[i]
         return out
 
     def diag_ggn(self, records: list) -> dict[str, torch.Tensor]:

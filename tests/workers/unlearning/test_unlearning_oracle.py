@@ -178,8 +178,8 @@ def test_float32_passes_cached_or_streamed_agree_and_the_solve_still_meets_the_d
     streamed); the gradient, residual and bound stay float64 and match the dense oracle."""
     model, method, cfg, x, y, _, oracle = tiny_problem(linearize=linearize, n=40, hidden=[5, 4])
     src = TensorSource(x, y, chunk_size=6)
-    cached = Objective(model, src, cfg.l2)
-    streamed = Objective(model, src, cfg.l2, cache_bytes=0)
+    cached = Objective(model, src, cfg.l2, pass_dtype=torch.float32)
+    streamed = Objective(model, src, cfg.l2, cache_bytes=0, pass_dtype=torch.float32)
     assert cached.pass_dtype == streamed.pass_dtype == torch.float32
     assert cached._fast_cache is not None and streamed._fast_cache is None
     assert all(st[2][i].dtype == torch.float32 for st in cached._fast_cache for i in cached._fast.linear_idx)
@@ -198,11 +198,11 @@ def test_float32_passes_cached_or_streamed_agree_and_the_solve_still_meets_the_d
         assert res.residual_norm >= 0.5 * float(g.norm()) and abs(res.residual_norm - float(g.norm())) <= 1e-13
 
 
-def test_float32_passes_fall_back_to_float64_when_they_stall():
-    """An ill-conditioned problem (μ tiny): float32 refinement cannot shrink the residual ten-fold
-    per step; the solver switches to float64 passes and still reaches the tolerance."""
+def test_float32_passes_still_reach_float64_accuracy_when_ill_conditioned():
+    """μ tiny: float32 products alone cannot reach the tolerance; reliable updates (and, if
+    needed, float64 steps) still do, and the reported residual is the float64 one."""
     model, method, cfg, x, y, _, oracle = tiny_problem(n=40, hidden=[6], mu=1e-9)
-    obj = Objective(model, TensorSource(x, y, chunk_size=6), 1e-9)
+    obj = Objective(model, TensorSource(x, y, chunk_size=6), 1e-9, pass_dtype=torch.float32)
     assert obj.pass_dtype == torch.float32
     w, res = obj.minimise({k: torch.zeros_like(t) for k, t in model.user.items()}, tol=1e-12, max_iter=20000, max_newton_steps=4)
     assert res.converged and res.residual_norm <= 1e-12
