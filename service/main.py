@@ -31,10 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.store = ArtifactStore(settings.storage.root)
+        from service.model_registry.manifest_cache import ManifestCache
+
+        app.state.manifests = ManifestCache(engine)
         _rekey_audit_chain(app.state.session_factory)
         try:
             yield
         finally:
+            app.state.manifests.close()
             engine.dispose()
 
     app = FastAPI(

@@ -177,16 +177,33 @@ async def get_version(
     if wait is not None and wait > settings.api.long_poll_max_s:
         raise ValidationFailed(f"wait must be at most {settings.api.long_poll_max_s} seconds")
 
+    # The in-process cache (manifest_cache.py) answers most requests without the database.
+    cache = getattr(request.app.state, "manifests", None)
+    if cache is not None and not (ref in service.ALIASES or (ref.isascii() and ref.isdigit() and len(ref) <= 9)):
+        cache = None
+    if cache is not None:
+        hit = cache.get(name, ref)
+        if hit is not None:
+            etag, body = hit
+            if not _etag_matches(if_none_match, etag):
+                return Response(body, media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+            if wait is None or ref not in service.ALIASES:
+                return Response(status_code=304, headers={"ETag": etag})
+
     # Each check is its own short read transaction on the request's session (a read session:
     # no lock on SQLite), ended at once so that the next check sees newer commits.
     def check():
+        token = cache.token() if cache is not None else None
         try:
             model = service.get_model(session, name)
             v = service.live_or_gone(service.resolve_version(session, model, ref), model)
             doc, etag = service.manifest_with_etag(session, model, v)
-            return etag, doc.model_dump(mode="json")
+            body = json.dumps(doc.model_dump(mode="json")).encode()
         finally:
             session.rollback()
+        if cache is not None:
+            cache.put(token, name, ref, etag, body)
+        return etag, body
 
     def quick_etag():
         try:
@@ -207,7 +224,7 @@ async def get_version(
     while True:
         etag, body = await anyio.to_thread.run_sync(check)
         if not _etag_matches(if_none_match, etag):
-            return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+            return Response(body, media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
         if wait is None or ref not in service.ALIASES or time.monotonic() >= deadline:
             return Response(status_code=304, headers={"ETag": etag})
         if not await _pause(request, deadline):
