@@ -33,12 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = ArtifactStore(settings.storage.root)
         from service.model_registry.manifest_cache import ManifestCache
 
-        app.state.manifests = ManifestCache(engine)
+        app.state.manifests = ManifestCache(engine) if settings.api.manifest_cache else None
         _rekey_audit_chain(app.state.session_factory)
         try:
             yield
         finally:
-            app.state.manifests.close()
+            if app.state.manifests is not None:
+                app.state.manifests.close()
             engine.dispose()
 
     app = FastAPI(

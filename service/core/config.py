@@ -75,6 +75,9 @@ class ApiSettings(BaseModel):
     long_poll_max_s: int = 60
     # /metrics answers without a token only when this is true.
     public_metrics: bool = False
+    # In-process manifest/ETag cache (service/model_registry/manifest_cache.py); off = every
+    # manifest request reads the database (the benchmark's baseline).
+    manifest_cache: bool = True
 
 
 class PipelineSettings(BaseModel):
