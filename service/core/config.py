@@ -28,6 +28,11 @@ class DatabaseSettings(BaseModel):
     pool_size: int = 10
     max_overflow: int = 10
     echo: bool = False
+    # Test each pooled connection with a round trip (SELECT 1) at every checkout. Off: a
+    # connection the server dropped fails the request using it (a 500, never a false 202) and
+    # SQLAlchemy then discards the whole pool; connections are recycled after pool_recycle_s.
+    pool_pre_ping: bool = False
+    pool_recycle_s: int = 1800
 
 
 class BrokerSettings(BaseModel):
