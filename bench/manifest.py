@@ -4,7 +4,7 @@ Against a real PostgreSQL and a real uvicorn (1 worker, uvloop/httptools), in on
 the same server with the in-process manifest cache off (every request reads the database:
 the baseline) and on. For each, N GETs of ``/v1/models/bench/versions/latest`` without
 ``If-None-Match`` (200 with the manifest) and N with the current ETag (304, no body), over
-``--concurrency`` keep-alive connections; p50/p99 per status. Writes bench/results/manifest.{json,md}.
+``--concurrency`` keep-alive connections (default 1: latency, not queueing); p50/p99 per status. Writes bench/results/manifest.{json,md}.
 
     .venv/bin/python bench/manifest.py                  # 3,000 requests per case
 """
@@ -99,7 +99,7 @@ def get(token: str, etag: str | None) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--database", default="lethe_bench_manifest")
     args = ap.parse_args()
     url = ai.recreate_database(args.database)
