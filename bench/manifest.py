@@ -107,7 +107,8 @@ def main() -> None:
     rows = []
     for cache in (False, True, False, True):  # interleaved: baseline and cache twice each
         port = ai.free_port()
-        proc = start(url, port, cache, ai.RESULTS / f"manifest-uvicorn-{port}.log")
+        (ai.ROOT / "var").mkdir(exist_ok=True)
+        proc = start(url, port, cache, ai.ROOT / "var" / "bench-manifest-uvicorn.log")
         try:
             status, _ = asyncio.run(_one(port, get(token, None)))
             etag = _ETAG[0]
