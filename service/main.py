@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.store = make_store(settings.storage)
+        from service.model_registry.manifest_cache import ManifestCache
+
+        app.state.manifests = ManifestCache(engine) if settings.api.manifest_cache else None
         _rekey_audit_chain(app.state.session_factory)
         # A store that cannot be used is said at startup, clearly; /readyz keeps saying which.
         problem = await anyio.to_thread.run_sync(_check_storage, app.state.store)
@@ -42,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if app.state.manifests is not None:
+                app.state.manifests.close()
             engine.dispose()
 
     app = FastAPI(

@@ -180,6 +180,9 @@ def sign_checkpoint(session: Session, *, keys: AuditKeys | None = None, only_if_
     cp = AuditCheckpoint(seq=int(last.seq), head_hash=last.hash, at=at, key_id=key_id, signature=signature)
     session.add(cp)
     session.flush()
+    from service.model_registry.manifest_cache import changed  # manifests carry the latest checkpoint
+
+    changed(session)
     return cp
 
 

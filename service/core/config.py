@@ -28,6 +28,11 @@ class DatabaseSettings(BaseModel):
     pool_size: int = 10
     max_overflow: int = 10
     echo: bool = False
+    # Test each pooled connection with a round trip (SELECT 1) at every checkout. Off: a
+    # connection the server dropped fails the request using it (a 500, never a false 202) and
+    # SQLAlchemy then discards the whole pool; connections are recycled after pool_recycle_s.
+    pool_pre_ping: bool = False
+    pool_recycle_s: int = 1800
 
 
 class BrokerSettings(BaseModel):
@@ -103,6 +108,9 @@ class ApiSettings(BaseModel):
     long_poll_max_s: int = 60
     # /metrics answers without a token only when this is true.
     public_metrics: bool = False
+    # In-process manifest/ETag cache (service/model_registry/manifest_cache.py); off = every
+    # manifest request reads the database (the benchmark's baseline).
+    manifest_cache: bool = True
 
 
 class PipelineSettings(BaseModel):

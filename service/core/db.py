@@ -72,7 +72,8 @@ def make_engine(db: DatabaseSettings) -> Engine:
         echo=db.echo,
         pool_size=db.pool_size,
         max_overflow=db.max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=db.pool_pre_ping,
+        pool_recycle=db.pool_recycle_s,
     )
 
 

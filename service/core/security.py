@@ -159,6 +159,14 @@ def authenticate(request: Request, session: Session = Depends(get_session, scope
     return principal
 
 
+def cached_principal(request: Request) -> Principal | None:
+    """The caller's principal from this process's token cache, without the database (for hot
+    async routes); None when it must be looked up (:func:`authenticate`). A missing or malformed
+    header is refused here."""
+    hit = _cache.get(hash_token(_bearer(request)))
+    return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+
 def require(*roles: Role):
     """Dependency: the caller's token must have one of ``roles`` (admin always passes)."""
     allowed = frozenset(roles) | {Role.admin}

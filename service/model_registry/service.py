@@ -17,7 +17,7 @@ from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, Subject
 from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
-from service.model_registry import architectures
+from service.model_registry import architectures, manifest_cache
 from service.model_registry import repository as repo
 from service.model_registry.samples import encode_chunk
 from service.model_registry.schemas import (
@@ -336,6 +336,7 @@ def move_alias(session: Session, model: Model, alias: str, version: ModelVersion
     append_event(session, actor=actor, kind="alias.moved", payload={
         "model": model.name, "alias": alias, "from": repo.version_number(session, before), "to": version.number,
     })
+    manifest_cache.changed(session)  # publish, revocation (which moves latest) and promotion all pass here
     return True
 
 

@@ -39,16 +39,22 @@ def applies(model) -> bool:
 class SequentialProducts:
     """J v and Jᵀ u of a Linear/activation head from one primal pass per chunk."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, dtype: torch.dtype | None = None) -> None:
+        """``dtype`` runs the passes in another precision than the model's (float32 passes of a
+        float64 model: the weights are cast once here; callers accumulate in float64)."""
         self.model = model
         self.layers = list(model.head.children())
         self.linear_idx = [i for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
         self.first_linear = self.linear_idx[0]
+        self.dtype = dtype or model.dtype_
+        self.W = {i: self.layers[i].weight.detach().to(self.dtype) for i in self.linear_idx}
+        self.Wt = {i: w.T.contiguous() for i, w in self.W.items()}
+        self.b = {i: (self.layers[i].bias.detach().to(self.dtype) if self.layers[i].bias is not None else None) for i in self.linear_idx}
 
     # records: list aligned with layers: Linear -> its input (2-D); activation -> σ'(z); else None
     def primal(self, feats: torch.Tensor) -> tuple[torch.Tensor, list] | None:
         """(f(x; w_c), records), or None when an input to a Linear is not 2-D (use the generic path)."""
-        h = feats
+        h = feats.to(self.dtype)
         records: list = []
         with torch.no_grad():
             for i, m in enumerate(self.layers):
@@ -56,7 +62,7 @@ class SequentialProducts:
                     if h.ndim != 2:
                         return None
                     records.append(h)
-                    h = m(h)
+                    h = torch.addmm(self.b[i], h, self.Wt[i]) if self.b[i] is not None else h @ self.Wt[i]
                 elif isinstance(m, nn.ReLU):
                     records.append((h > 0).to(h.dtype) if i > self.first_linear else None)
                     h = torch.relu(h)
@@ -79,19 +85,18 @@ class SequentialProducts:
             if i < self.first_linear:
                 continue
             if isinstance(m, nn.Linear):
-                h = records[i]
-                new = h @ v[f"{i}.weight"].T
-                if m.bias is not None:
-                    new = new + v[f"{i}.bias"]
-                t = new if t is None else torch.addmm(new, t, m.weight.T)
+                h, vw = records[i], v[f"{i}.weight"]
+                new = torch.addmm(v[f"{i}.bias"], h, vw.T) if m.bias is not None else h @ vw.T
+                t = new if t is None else new.addmm_(t, self.Wt[i])
             elif records[i] is not None:
-                t = t * records[i]
+                t = t.mul_(records[i])  # t is always a fresh product here
             elif isinstance(m, nn.Flatten):
                 t = m(t)
         return t
 
     def vjp(self, records: list, u: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        fresh = False  # u is the caller's tensor until the first product replaces it
         for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
             m = self.layers[i]
             if isinstance(m, nn.Linear):
@@ -99,9 +104,9 @@ class SequentialProducts:
                 if m.bias is not None:
                     out[f"{i}.bias"] = u.sum(0)
                 if i > self.first_linear:
-                    u = u @ m.weight
+                    u, fresh = u @ self.W[i], True
             elif records[i] is not None:
-                u = u * records[i]
+                u = u.mul_(records[i]) if fresh else u * records[i]
         return out
 
     def diag_ggn(self, records: list) -> dict[str, torch.Tensor]:
@@ -121,7 +126,7 @@ class SequentialProducts:
                     if m.bias is not None:
                         acc[f"{i}.bias"] = acc.get(f"{i}.bias", 0) + u2.sum(0).to(torch.float64)
                     if i > self.first_linear:
-                        u = u @ m.weight
+                        u = u @ self.W[i]
                 elif records[i] is not None:
                     u = u * records[i]
         return acc

@@ -1,0 +1,149 @@
+"""`latest` manifest latency (DESIGN §9: p99 ≤ 5 ms; a 304 carries no body).
+
+Against a real PostgreSQL and a real uvicorn (1 worker, uvloop/httptools), in one run:
+the same server with the in-process manifest cache off (every request reads the database:
+the baseline) and on. For each, N GETs of ``/v1/models/bench/versions/latest`` without
+``If-None-Match`` (200 with the manifest) and N with the current ETag (304, no body), over
+``--concurrency`` keep-alive connections (default 1: latency, not queueing); p50/p99 per status. Writes bench/results/manifest.{json,md}.
+
+    .venv/bin/python bench/manifest.py                  # 3,000 requests per case
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import api_intake as ai  # noqa: E402
+
+from service.core.config import DatabaseSettings  # noqa: E402
+from service.core.db import make_engine, make_session_factory  # noqa: E402
+from service.core.security import create_token  # noqa: E402
+from service.model_registry.service import move_alias  # noqa: E402
+from service.models import Model, ModelVersion, Role  # noqa: E402
+from service.models._types import utcnow  # noqa: E402
+
+
+def seed(url: str) -> str:
+    engine = make_engine(DatabaseSettings(url=url))
+    try:
+        with make_session_factory(engine).begin() as s:
+            m = Model(name="bench", architecture="mlp", architecture_config={"in_features": 64, "num_classes": 10, "hidden": [128]},
+                      input_shape=[64], num_classes=10, linearize="all", method_config={}, auto_approve=True, sla_days=30)
+            s.add(m)
+            s.flush()
+            v = None
+            for n in range(1, 4):
+                v = ModelVersion(model_id=m.id, number=n, artifact_uri=f"file:///nonexistent/{n}", sha256=f"{n:064x}", size_bytes=1000,
+                                 metrics={"eval_accuracy": 0.9}, bound={"kl_nats": 1e-9}, state="live", created_at=utcnow(),
+                                 parent_id=v.id if v else None)
+                s.add(v)
+                s.flush()
+            move_alias(s, m, "latest", v, "bench", system=True)
+            _, token = create_token(s, Role.serving, name="bench-serving")
+        return token
+    finally:
+        engine.dispose()
+
+
+def start(url: str, port: int, cache: bool, log: Path) -> subprocess.Popen:
+    os.environ["LETHE_API__MANIFEST_CACHE"] = "true" if cache else "false"
+    try:
+        return ai.start_server(url, port, 1, log)
+    finally:
+        del os.environ["LETHE_API__MANIFEST_CACHE"]
+
+
+async def load(port: int, raw: bytes, n: int, concurrency: int, expect: int) -> dict:
+    conns = [await ai.Connection.open(port) for _ in range(concurrency)]
+    for c in conns:  # warm-up (and the first, filling request)
+        for _ in range(20):
+            await c.request(raw)
+    lat: list[float] = []
+    sizes: set[int] = set()
+    bad = 0
+    left = n
+
+    async def worker(c):
+        nonlocal left, bad
+        while left > 0:
+            left -= 1
+            t0 = time.perf_counter()
+            status, body = await c.request(raw)
+            lat.append(time.perf_counter() - t0)
+            sizes.add(len(body))
+            bad += status != expect
+    t = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    el = time.perf_counter() - t
+    for c in conns:
+        c.close()
+    lat.sort()
+    pct = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 2)  # noqa: E731
+    return {"status": expect, "n": n, "rps": round(n / el, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(1000 * lat[-1], 2),
+            "wrong_status": bad, "body_bytes": sorted(sizes)}
+
+
+def get(token: str, etag: str | None) -> bytes:
+    return (b"GET /v1/models/bench/versions/latest HTTP/1.1\r\nHost: bench\r\n" + f"Authorization: Bearer {token}\r\n".encode()
+            + (f"If-None-Match: {etag}\r\n".encode() if etag else b"") + b"\r\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--database", default="lethe_bench_manifest")
+    args = ap.parse_args()
+    url = ai.recreate_database(args.database)
+    token = seed(url)
+    rows = []
+    for cache in (False, True, False, True):  # interleaved: baseline and cache twice each
+        port = ai.free_port()
+        (ai.ROOT / "var").mkdir(exist_ok=True)
+        proc = start(url, port, cache, ai.ROOT / "var" / "bench-manifest-uvicorn.log")
+        try:
+            status, _ = asyncio.run(_one(port, get(token, None)))
+            etag = _ETAG[0]
+            for raw, expect in ((get(token, None), 200), (get(token, etag), 304)):
+                r = asyncio.run(load(port, raw, args.requests, args.concurrency, expect))
+                r["cache"] = cache
+                rows.append(r)
+                print(r, flush=True)
+        finally:
+            ai.stop_server(proc)
+    doc = {"command": "python bench/manifest.py" + "".join(f" {a}" for a in sys.argv[1:]), "rows": rows,
+           "machine": "2-core shared VM; load generator, uvicorn (1 worker) and PostgreSQL share the cores"}
+    md = ["| cache | status | requests | req/s | p50 ms | p99 ms | max ms | body bytes |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        md.append(f"| {'on' if r['cache'] else 'off (baseline)'} | {r['status']} | {r['n']} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['body_bytes']} |")
+    text = f"Command: `{doc['command']}`, {args.concurrency} keep-alive connections.\n\n" + "\n".join(md) + "\n"
+    print(text)
+    ai.RESULTS.mkdir(parents=True, exist_ok=True)
+    (ai.RESULTS / "manifest.json").write_text(json.dumps(doc, indent=2))
+    (ai.RESULTS / "manifest.md").write_text(text)
+
+
+_ETAG: list[str] = [""]
+
+
+async def _one(port: int, raw: bytes):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"etag:"):
+            _ETAG[0] = line.split(b":", 1)[1].strip().decode()
+    writer.close()
+    return int(head[9:12]), head
+
+
+if __name__ == "__main__":
+    main()
