@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import re
 import tempfile
 import time
@@ -322,7 +323,8 @@ class LocalArtifactStore(ArtifactStore):
         return [SCHEME + str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
 
     def check(self) -> None:
-        probe = self.root / ".lethe-ready"
+        # a name of its own per call: concurrent readiness probes never unlink each other's file
+        probe = self.root / f".lethe-ready-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")

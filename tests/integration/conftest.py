@@ -64,7 +64,9 @@ def stack(request, clean_tables, database_url, tmp_path):
     storage = {"backend": "local", "root": str(tmp_path / "artifacts")}
     extra = {}
     if backend == "s3":
-        storage = dict(request.getfixturevalue("s3_storage"))
+        # The beat sweeps orphans every few seconds: a grace period keeps it off objects whose
+        # rows are still being committed (as the production default of 600 s does).
+        storage = {**request.getfixturevalue("s3_storage"), "delete_grace_s": 30}
         extra = procs.s3_env(storage)
     env = procs.env_for(database_url, tmp_path / "artifacts", **extra)
     port = procs.free_port()

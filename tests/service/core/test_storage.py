@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import tracemalloc
 
 import numpy as np
@@ -219,3 +220,25 @@ def test_settings_from_environment(monkeypatch):
     s = Settings().storage
     assert (s.backend, s.bucket, s.endpoint_url, s.delete_grace_s) == ("s3", "models", "http://minio:9000", 600.0)
     assert isinstance(make_store(s), S3ArtifactStore)
+
+
+def test_concurrent_readiness_checks_of_a_local_store_never_fail(tmp_path):
+    """/readyz runs ``check()`` from many threads at once; each probe must use a file of its own
+    (one shared probe name let one check unlink another's file: a 503 under load)."""
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    errors: list[Exception] = []
+
+    def probe() -> None:
+        for _ in range(200):
+            try:
+                store.check()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=probe) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [p.name for p in (tmp_path / "artifacts").iterdir() if p.name.startswith(".lethe-ready")] == []
