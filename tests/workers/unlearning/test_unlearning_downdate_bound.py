@@ -158,3 +158,23 @@ def test_target_scale_that_disagrees_with_the_model_is_refused():
 
     spec = ModelSpec(architecture="mlp", architecture_config={"in_features": 8, "hidden": [4], "num_classes": 4}, linearize="last:1")
     assert method.build(spec, cfg.model_copy(update={"target_scale": 2.0})).target_scale == 2.0
+
+
+def test_forget_with_the_removed_samples_downdates_and_agrees_with_the_rebuild():
+    model, method, cfg, x, y = _problem(120, 16, 4, 0, 1.0, 1e-3, 3e-4)
+    src = TensorSource(x, y, ids=torch.arange(120) + 1000)
+    method.fit(model, src, cfg)
+    start = {k: v.clone() for k, v in model.user.items()}
+    kept_gram = model.fitted_gram
+    keep, gone = src.subset(torch.arange(10, 120)), src.subset(torch.arange(10))
+    res = method.forget(model, keep, cfg, removed=gone)
+    assert res.path == "gram-downdate" and model.fitted_gram.ids.tolist() == list(range(1010, 1120))
+    w_down = model.flatten(model.user)
+    model.user, model.fitted_gram = {k: v.clone() for k, v in start.items()}, kept_gram
+    # a fitted sample that left D_r without being among the removed: no downdate, a rebuild
+    res2 = method.forget(model, src.subset(torch.arange(11, 120)), cfg, removed=gone)
+    assert res2.path == "gram" and model.fitted_gram.n == 109
+    model.user, model.fitted_gram = {k: v.clone() for k, v in start.items()}, kept_gram
+    res3 = method.forget(model, keep, cfg)  # without the removed samples: the rebuild
+    assert res3.path == "gram"
+    assert float((w_down - model.flatten(model.user)).norm() / model.flatten(model.user).norm()) <= 1e-9

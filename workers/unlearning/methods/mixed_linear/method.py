@@ -175,9 +175,53 @@ class MixedLinear:
         """Solve ∇L_{D_u}(w) = 0 from w = 0."""
         return self._solve(model, user, cfg, None, progress)
 
-    def forget(self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
-        """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic)."""
-        return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+    def forget(
+        self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None,
+        removed: TensorSource | None = None,
+    ) -> SolveResult:
+        """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic).
+
+        With the fitted set's Gram sums kept (``model.fitted_gram``, an affine head) and ids on
+        ``retained`` and ``removed``, the retained set's sums are built by downdating, at a cost
+        in proportion to the change: ``fitted − (fitted ∖ D_r) + (D_r ∖ fitted)`` by sample id (new
+        samples since the fit are added). It applies only when every fitted sample missing from
+        D_r is among ``removed``; otherwise D_r's Gram is rebuilt from all of it. Same result."""
+        plan = self._downdate_plan(model, retained, removed)
+        if plan is None:
+            return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+        gone, added = plan
+        fitted = model.fitted_gram
+        if len(added):
+            _check(model, added, "retained")
+            fitted = fitted + gram_sums(model, ((model.features(x), y) for x, y in added), ids=added.ids)
+        res, _ = self.forget_downdate(model, fitted, gone, cfg, progress)
+        res.path = "gram-downdate"
+        return res
+
+    @staticmethod
+    def _downdate_plan(model: MixedLinearModel, retained: TensorSource, removed: TensorSource | None):
+        """(samples to subtract, samples to add) when kept sums can serve D_r, else None."""
+        fitted = model.fitted_gram
+        if fitted is None or fitted.ids is None or retained.ids is None or len(retained) == 0:
+            return None
+        if removed is not None and len(removed) and removed.ids is None:
+            return None
+        kept = fitted.ids.cpu()
+        r_ids = retained.ids.to(torch.int64).cpu()
+        gone_ids = kept[~torch.isin(kept, r_ids)]
+        add_pos = (~torch.isin(r_ids, kept)).nonzero().reshape(-1)
+        if removed is None or not len(removed):
+            if gone_ids.numel():
+                return None
+            gone = TensorSource(retained.x[:0], retained.y[:0], retained.chunk_size, ids=r_ids[:0])
+        else:
+            rm_ids = removed.ids.to(torch.int64).cpu()
+            if not bool(torch.isin(gone_ids, rm_ids).all()):
+                return None  # a fitted sample left D_r without being among the removed: rebuild
+            gone = removed.subset(torch.isin(rm_ids, gone_ids).nonzero().reshape(-1))
+        if gone_ids.numel() + add_pos.numel() >= len(retained):
+            return None  # downdating would cost as much as rebuilding
+        return gone, retained.subset(add_pos)
 
     def forget_downdate(
         self, model: MixedLinearModel, fitted: GramState | None, removed: TensorSource, cfg: MixedLinearConfig, progress: Progress = None
