@@ -136,13 +136,19 @@ def _combined_error(a: "GramState", b: "GramState", G: torch.Tensor, B: torch.Te
     return eG, eB
 
 
-def _pass_error(n: int, width: int, sum_a2: float, c0: float) -> tuple[float, float]:
-    """(eG, eB) of one streamed pass over n samples: ‖Ĝ − G‖_F ≤ γ_n Σ‖a_i‖² and
-    ‖B̂ − B‖_F ≤ γ_n Σ‖r0_i‖‖a_i‖ ≤ γ_n √(c0 · Σ‖a_i‖²) (Cauchy–Schwarz); the computed Σ‖a_i‖²
-    and c0 are themselves sums of nonnegative terms, rounded up by 1/(1 − γ_{n+width})."""
+def _pass_error(n: int, width: int, sum_a2: float, c0: float, depth: int | None = None) -> tuple[float, float]:
+    """(eG, eB) of one streamed pass over n samples: ‖Ĝ − G‖_F ≤ γ_d Σ‖a_i‖² and
+    ‖B̂ − B‖_F ≤ γ_d Σ‖r0_i‖‖a_i‖ ≤ γ_d √(c0 · Σ‖a_i‖²) (Cauchy–Schwarz); the computed Σ‖a_i‖²
+    and c0 are themselves sums of nonnegative terms, rounded up by 1/(1 − γ_{n+width+2}).
+
+    d bounds the number of roundings any one product a_ij·a_ik goes through: one for the
+    product, at most k − 1 additions inside a chunk's matrix product of k rows (true of any
+    summation tree, so of any BLAS blocking or FMA), and one per later chunk accumulation
+    ``G += ...``: d = max_chunk + chunks + 1 (Higham, Accuracy and Stability, (3.4)–(3.5) with
+    the per-term depth of the tree). Without the chunk layout, d = n + 1."""
     up = 1.0 / (1.0 - gamma(n + width + 2))
     s_a2, s_c0 = sum_a2 * up, c0 * up
-    g = gamma(n + 2)
+    g = gamma(min(depth, n + 1) if depth is not None else n + 1)
     return ERR_SAFETY * g * s_a2, ERR_SAFETY * g * math.sqrt(s_c0 * s_a2)
 
 
@@ -156,7 +162,7 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | Non
     h = lin.in_features
     G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
     B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
-    c0, n, sum_a2 = 0.0, 0, 0.0
+    c0, n, sum_a2, n_chunks, max_chunk = 0.0, 0, 0.0, 0, 0
     for feats, y in chunks:
         a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
         with torch.no_grad():
@@ -167,7 +173,9 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | Non
         c0 += float((r0**2).sum())
         sum_a2 += float((a**2).sum())
         n += feats.shape[0]
-    eG, eB = _pass_error(n, h + 1, sum_a2, c0)
+        n_chunks += 1
+        max_chunk = max(max_chunk, int(feats.shape[0]))
+    eG, eB = _pass_error(n, h + 1, sum_a2, c0, depth=max_chunk + n_chunks + 1)
     ids = torch.arange(n, dtype=torch.int64) if ids is None else _sorted_ids(ids, n)
     return GramState(G, B, c0, n, eG, eB, ids)
 
@@ -348,20 +356,23 @@ class Objective:
         """Gram path: an upper bound on ‖∇L(w)‖ − ‖ĝ‖ for the computed gradient ĝ (norm ``gn``).
 
         The exact gradient in augmented form is (W_a G + B)/n + μ w. The stored sums carry
-        ‖Ĝ − G‖_F ≤ eG and ‖B̂ − B‖_F ≤ eB, so they add at most (‖W_a‖_F·eG + eB)/n (as
-        ‖W_a E‖_F ≤ ‖W_a‖_F ‖E‖_2 ≤ ‖W_a‖_F ‖E‖_F). Evaluating ĝ from the stored sums (the
+        ‖Ĝ − G‖_F ≤ eG and ‖B̂ − B‖_F ≤ eB, so they add at most (‖W_a‖_2·eG + eB)/n (as
+        ‖W_a E‖_F ≤ ‖W_a‖_2 ‖E‖_F; the computed spectral norm is rounded up by 1 + 1e-8, far
+        above an SVD's error on a C × (h+1) matrix). Evaluating ĝ from the stored sums (the
         divisions by n, inner products of length h+1, two additions) adds at most
-        γ_{h+4}(‖W_a‖_F‖Ĝ/n‖_F + ‖B̂/n‖_F + μ‖w‖) (Higham 3.5, then ‖|X||Y|‖_F ≤ ‖X‖_F‖Y‖_F), and
+        γ_{h+4}·‖|W_a||Ĝ/n| + |B̂/n|‖_F + γ_2·μ‖w‖ (Higham 3.5, elementwise, computed here), and
         the norm itself is within γ_{P+1}·‖ĝ‖. 0 off the Gram path (not bounded there)."""
         if self._gram is None:
             return 0.0
         st = self.gram_sums
         G, B = self._gram[0], self._gram[1]
         wf = self.model.flatten(w).to(torch.float64)
-        wa = float(torch.linalg.norm(self._to_aug(wf)))
+        Wa = self._to_aug(wf)
+        w2 = float(torch.linalg.matrix_norm(Wa, ord=2)) * (1 + 1e-8)
         k = G.shape[0]
-        sums = (wa * st.eG + st.eB) / st.n
-        evaluation = gamma(k + 4) * (wa * float(torch.linalg.norm(G)) + float(torch.linalg.norm(B)) + self.mu * float(wf.norm()))
+        sums = (w2 * st.eG + st.eB) / st.n
+        elementwise = float(torch.linalg.norm(Wa.abs() @ G.abs() + B.abs())) * (1 + gamma(k + 2))
+        evaluation = gamma(k + 4) * elementwise + gamma(2) * self.mu * float(wf.norm())
         norm = gamma(wf.numel() + 1) * gn
         return ERR_SAFETY * (sums + evaluation + norm)
 
