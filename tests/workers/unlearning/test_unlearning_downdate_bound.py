@@ -178,3 +178,29 @@ def test_forget_with_the_removed_samples_downdates_and_agrees_with_the_rebuild()
     res3 = method.forget(model, keep, cfg)  # without the removed samples: the rebuild
     assert res3.path == "gram"
     assert float((w_down - model.flatten(model.user)).norm() / model.flatten(model.user).norm()) <= 1e-9
+
+
+def test_bound_covers_a_worst_placed_error_inside_the_kept_error_terms():
+    """Real rounding is far below the worst case, so the random tests cannot tell whether the
+    kept sums' error terms are used. Here the kept B is moved by half its claimed error (eB),
+    along H's smallest eigenvector (λ = μ: 10 samples, 65 features), which moves w' the most;
+    the bound must still cover the truth (and does not without the sums' error term)."""
+    from workers.unlearning import GramState
+    from workers.unlearning.objective import Objective
+
+    model, method, cfg, x, y, keep, _ = _forget(290, 64, 10, 0, 1.0, 1e-3, 3e-4)
+    st = model.fitted_gram
+    lam, vecs = np.linalg.eigh(st.G.numpy() / st.n + cfg.l2 * np.eye(st.G.shape[0]))
+    v = torch.from_numpy(vecs[:, 0].copy())
+    e0 = torch.zeros(st.B.shape[0], dtype=torch.float64)
+    e0[0] = 1.0
+    moved = GramState(st.G, st.B + 0.5 * st.eB * torch.outer(e0, v), st.c0, st.n, st.eG, st.eB, st.ids)
+    w, res = Objective.from_gram(model, moved, cfg.l2).minimise(
+        {k: t.clone() for k, t in model.user.items()}, tol=cfg.tol, max_iter=cfg.max_iter, max_newton_steps=cfg.max_newton_steps)
+    res.operation = "forget"
+    model.user = w
+    true = _true_kl(model, x, y, keep, cfg)
+    bound = method.bound(res, cfg).kl_nats
+    print(f"worst-placed: bound={bound:.3g} true={true:.3g} computed-residual-only={res.residual_norm**2 / (2 * cfg.l2**2 * cfg.noise_std**2):.3g}")
+    assert true > 1e-4 * bound  # the move is a visible share of the certificate
+    assert bound >= true, (bound, true)
