@@ -91,6 +91,7 @@ def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypat
         w = _user_aug(private)
         assert np.linalg.norm(w - w_star) / np.linalg.norm(w_star) <= 1e-6
         true_kl = float(((w - w_star) ** 2).sum() / (2 * cfg["noise_std"] ** 2))
+        print(f"forget {k + 1}: rel={np.linalg.norm(w - w_star) / np.linalg.norm(w_star):.2g} bound={bound['kl_nats']:.3g} true={true_kl:.3g}")
         assert bound["kl_nats"] >= true_kl, (k, bound, true_kl)
     # every forget went by the kept statistics, none rebuilt D_r's Gram from all of it
     assert calls == {"rebuild": 0, "downdate": 10}
