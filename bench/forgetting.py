@@ -139,7 +139,7 @@ def run_dataset(name: str, linearize: str, quick: bool, cfg) -> dict:
     downdate = None
     if linearize == "last:1":
         fitted, t_gram = model.fitted_gram, 0.0  # a by-product of fit (kept privately)
-        (dres, _), t_down = timed(lambda: METHOD.forget_downdate(model, fitted, TensorSource(xu[~keep], yu[~keep], cfg.chunk_size), cfg), repeat=1)
+        (dres, _), t_down = timed(lambda: METHOD.forget_downdate(model, fitted, TensorSource(xu[~keep], yu[~keep], cfg.chunk_size, ids=np.nonzero(~keep)[0]), cfg), repeat=1)
         w_down = model.flatten(model.user)
         model.user = {k: v.clone() for k, v in private.items()}
         model.fitted_gram = fitted

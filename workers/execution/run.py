@@ -166,13 +166,13 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, An
         core = read_samples(session, rt.store, model.id, splits=[Split.core.value], exclude_subject_keys=exclude)
         user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
         ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
-        forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude) if exclude else None
+        forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude, include_ids=True) if exclude else None
     cs = cfg.chunk_size  # common to every method's config (methods.MethodConfig)
     return {
         "core": TensorSource(core.x, core.y, cs),
-        "user": TensorSource(user.x, user.y, cs),
+        "user": TensorSource(user.x, user.y, cs, ids=user.ids),
         "eval": TensorSource(ev.x, ev.y, cs),
-        "forget": TensorSource(forget.x, forget.y, cs) if forget is not None and len(forget) else None,
+        "forget": TensorSource(forget.x, forget.y, cs, ids=forget.ids) if forget is not None and len(forget) else None,
         "watermark": int(user.ids.max()) if len(user) else None,
     }
 
@@ -258,7 +258,8 @@ def _solve_forget(ctx: SolveContext) -> Solved:
     mm = ctx.from_parent()
     if len(ctx.data["user"]) == 0:  # nobody left: the user weights are zero, exactly
         return _zeroed(ctx, mm)
-    result = ctx.method.forget(mm, ctx.data["user"], ctx.cfg, ctx.progress)
+    # the forgotten samples go with D_r: the method may forget by them alone (kept statistics)
+    result = ctx.method.forget(mm, ctx.data["user"], ctx.cfg, ctx.progress, removed=ctx.data["forget"])
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
 
 

@@ -19,9 +19,12 @@ def _as_tensor(a, dtype=None) -> torch.Tensor:
 
 
 class TensorSource:
-    """(x, y) pairs over arrays or tensors, yielded ``chunk_size`` rows at a time."""
+    """(x, y) pairs over arrays or tensors, yielded ``chunk_size`` rows at a time.
 
-    def __init__(self, x, y, chunk_size: int = 4096) -> None:
+    ``ids`` (optional, one int per row): the samples' stable ids. Kept with the Gram sums of a
+    fitted set, they let a downdate refuse samples that are not in it or were already removed."""
+
+    def __init__(self, x, y, chunk_size: int = 4096, ids=None) -> None:
         self.x = _as_tensor(x)
         self.y = _as_tensor(y, torch.long)
         if self.x.shape[0] != self.y.shape[0]:
@@ -33,6 +36,9 @@ class TensorSource:
         if chunk_size < 1:
             raise InvalidDataError("chunk_size must be >= 1")
         self.chunk_size = int(chunk_size)
+        self.ids = None if ids is None else _as_tensor(ids, torch.long).reshape(-1)
+        if self.ids is not None and self.ids.shape[0] != self.x.shape[0]:
+            raise InvalidDataError(f"x has {self.x.shape[0]} rows but ids has {self.ids.shape[0]}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -43,7 +49,7 @@ class TensorSource:
 
     def subset(self, index) -> "TensorSource":
         idx = _as_tensor(index, torch.long)
-        return TensorSource(self.x[idx], self.y[idx], self.chunk_size)
+        return TensorSource(self.x[idx], self.y[idx], self.chunk_size, None if self.ids is None else self.ids[idx])
 
     def validate(self, num_classes: int, input_shape: Sequence[int] | None = None) -> None:
         """Refuse NaN/Inf, labels outside ``[0, num_classes)`` and a wrong input shape."""
@@ -64,4 +70,5 @@ class TensorSource:
 def concat(*sources: TensorSource, chunk_size: int | None = None) -> TensorSource:
     xs = [s.x for s in sources]
     ys = [s.y for s in sources]
-    return TensorSource(torch.cat(xs), torch.cat(ys), chunk_size or sources[0].chunk_size)
+    ids = torch.cat([s.ids for s in sources]) if all(s.ids is not None for s in sources) else None
+    return TensorSource(torch.cat(xs), torch.cat(ys), chunk_size or sources[0].chunk_size, ids)

@@ -42,38 +42,119 @@ class SolveResult:
     n_samples: int = 0
     operation: str = "fit"  # fit | forget | zero | retrain: what produced the weights
     path: str = ""  # gram | explicit | generic: how the passes were run
+    # a rigorous bound on |‖∇L(w)‖ − residual_norm| from the rounding of the Gram sums and of the
+    # gradient's evaluation (Gram path; 0 elsewhere): the bound uses residual_norm + residual_error
+    residual_error: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+UNIT_ROUNDOFF = 2.0**-53  # u of float64: fl(a ∘ b) = (a ∘ b)(1 + δ), |δ| ≤ u
+
+
+def gamma(k: int) -> float:
+    """Higham's γ_k = k·u / (1 − k·u): any float64 sum of k products Σ x_i y_i, in any order
+    (blocked BLAS, FMA, chunk accumulation), is within γ_k · Σ |x_i y_i| of the exact sum."""
+    ku = k * UNIT_ROUNDOFF
+    if ku >= 0.01:  # never near for any data set this library can hold
+        raise InvalidDataError(f"{k} terms: the floating-point error bound needs k·u < 0.01")
+    return ku / (1.0 - ku)
+
+
+# Every first-order error term below is multiplied by this: it covers the O(u²) terms the
+# derivation drops and the rounding of the error arithmetic itself (all terms are < 1% of u·k).
+ERR_SAFETY = 2.0
+
+
 @dataclass
 class GramState:
     """Sufficient statistics of L_D for an affine head: G = Σ aaᵀ, B = Σ r0 aᵀ, c0 = Σ‖r0‖², n
-    (a = [φ(x), 1], r0 = f(x; w_c) − t). Sums, so sets add and subtract exactly."""
+    (a = [φ(x), 1], r0 = f(x; w_c) − t). Sums, so sets add and subtract.
+
+    The float64 sums are not exact: ``eG`` and ``eB`` are rigorous upper bounds on the Frobenius
+    norms ‖Ĝ − G‖_F and ‖B̂ − B‖_F of the stored sums against the exact sums of the same
+    float64 features (README, "The math, in one place": Higham's γ_n for the passes, plus one
+    rounding u·‖result‖_F per subtraction or addition of states). A downdate that removes most
+    of the set subtracts nearly equal sums; the result is small but its error is not, and
+    :meth:`Objective.residual_error` carries that error into the bound.
+
+    ``ids`` are the fitted set's sample ids, sorted (int64): a downdate may only remove ids
+    that are in it, each once (a second removal of the same sample is refused)."""
 
     G: torch.Tensor
     B: torch.Tensor
     c0: float
     n: int
+    eG: float = 0.0
+    eB: float = 0.0
+    ids: torch.Tensor | None = None
 
     def __sub__(self, other: "GramState") -> "GramState":
-        return GramState(self.G - other.G, self.B - other.B, self.c0 - other.c0, self.n - other.n)
+        G, B = self.G - other.G, self.B - other.B
+        eG, eB = _combined_error(self, other, G, B)
+        ids = None
+        if self.ids is not None and other.ids is not None:
+            ids = self.ids[~torch.isin(self.ids, other.ids)]
+        return GramState(G, B, self.c0 - other.c0, self.n - other.n, eG, eB, ids)
 
     def __add__(self, other: "GramState") -> "GramState":
-        return GramState(self.G + other.G, self.B + other.B, self.c0 + other.c0, self.n + other.n)
+        G, B = self.G + other.G, self.B + other.B
+        eG, eB = _combined_error(self, other, G, B)
+        ids = None
+        if self.ids is not None and other.ids is not None:
+            ids = torch.sort(torch.cat([self.ids, other.ids])).values
+        return GramState(G, B, self.c0 + other.c0, self.n + other.n, eG, eB, ids)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """For a private safetensors file next to the noise-free weights (it is user data)."""
-        return {"G": self.G.cpu(), "B": self.B.cpu(), "c0": torch.tensor([self.c0], dtype=torch.float64), "n": torch.tensor([self.n])}
+        out = {"G": self.G.cpu(), "B": self.B.cpu(), "c0": torch.tensor([self.c0], dtype=torch.float64), "n": torch.tensor([self.n]),
+               "err": torch.tensor([self.eG, self.eB], dtype=torch.float64)}
+        if self.ids is not None:
+            out["ids"] = self.ids.cpu().to(torch.int64).contiguous()
+        return out
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> "GramState":
-        return cls(t["G"].to(device, torch.float64), t["B"].to(device, torch.float64), float(t["c0"][0]), int(t["n"][0]))
+        G, B, n = t["G"].to(device, torch.float64), t["B"].to(device, torch.float64), int(t["n"][0])
+        if "err" in t:
+            eG, eB = float(t["err"][0]), float(t["err"][1])
+        else:  # sums kept before the error terms existed: one pass over n samples (no downdate was stored)
+            eG, eB = _pass_error(n, G.shape[0], float(torch.trace(G)), float(t["c0"][0]))
+        ids = t["ids"].to(torch.int64) if "ids" in t else None
+        return cls(G, B, float(t["c0"][0]), n, eG, eB, ids)
 
 
-def gram_sums(model: MixedLinearModel, chunks, lin=None) -> GramState:
-    """One streamed pass: the Gram sums of (features, labels) chunks."""
+def _combined_error(a: "GramState", b: "GramState", G: torch.Tensor, B: torch.Tensor) -> tuple[float, float]:
+    """Errors of Ĝ = fl(Ĝ_a ± Ĝ_b): the two stored errors add (triangle inequality) and the
+    elementwise rounding adds ≤ u·‖Ĝ‖_F (2u covers the rounding of the computed norm); the
+    factor 1 + 8u covers the rounding of these few additions. Not doubled per step, so ten
+    chained forgets grow the error by addition, not by 2¹⁰."""
+    u = UNIT_ROUNDOFF
+    eG = (a.eG + b.eG + 2 * u * float(torch.linalg.norm(G))) * (1 + 8 * u)
+    eB = (a.eB + b.eB + 2 * u * float(torch.linalg.norm(B))) * (1 + 8 * u)
+    return eG, eB
+
+
+def _pass_error(n: int, width: int, sum_a2: float, c0: float, depth: int | None = None) -> tuple[float, float]:
+    """(eG, eB) of one streamed pass over n samples: ‖Ĝ − G‖_F ≤ γ_d Σ‖a_i‖² and
+    ‖B̂ − B‖_F ≤ γ_d Σ‖r0_i‖‖a_i‖ ≤ γ_d √(c0 · Σ‖a_i‖²) (Cauchy–Schwarz); the computed Σ‖a_i‖²
+    and c0 are themselves sums of nonnegative terms, rounded up by 1/(1 − γ_{n+width+2}).
+
+    d bounds the number of roundings any one product a_ij·a_ik goes through: one for the
+    product, at most k − 1 additions inside a chunk's matrix product of k rows (true of any
+    summation tree, so of any BLAS blocking or FMA), and one per later chunk accumulation
+    ``G += ...``: d = max_chunk + chunks + 1 (Higham, Accuracy and Stability, (3.4)–(3.5) with
+    the per-term depth of the tree). Without the chunk layout, d = n + 1."""
+    up = 1.0 / (1.0 - gamma(n + width + 2))
+    s_a2, s_c0 = sum_a2 * up, c0 * up
+    g = gamma(min(depth, n + 1) if depth is not None else n + 1)
+    return ERR_SAFETY * g * s_a2, ERR_SAFETY * g * math.sqrt(s_c0 * s_a2)
+
+
+def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | None = None) -> GramState:
+    """One streamed pass: the Gram sums of (features, labels) chunks, with their rounding-error
+    bounds (:func:`_pass_error`) and the samples' ``ids`` (sorted; ``None``: 0..n−1)."""
     m = model
     lin = lin or _linear_head(m)
     if lin is None:
@@ -81,7 +162,7 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None) -> GramState:
     h = lin.in_features
     G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
     B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
-    c0, n = 0.0, 0
+    c0, n, sum_a2, n_chunks, max_chunk = 0.0, 0, 0.0, 0, 0
     for feats, y in chunks:
         a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
         with torch.no_grad():
@@ -90,13 +171,28 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None) -> GramState:
         G += a.T @ a
         B += r0.T @ a
         c0 += float((r0**2).sum())
+        sum_a2 += float((a**2).sum())
         n += feats.shape[0]
-    return GramState(G, B, c0, n)
+        n_chunks += 1
+        max_chunk = max(max_chunk, int(feats.shape[0]))
+    eG, eB = _pass_error(n, h + 1, sum_a2, c0, depth=max_chunk + n_chunks + 1)
+    ids = torch.arange(n, dtype=torch.int64) if ids is None else _sorted_ids(ids, n)
+    return GramState(G, B, c0, n, eG, eB, ids)
+
+
+def _sorted_ids(ids, n: int) -> torch.Tensor:
+    t = torch.as_tensor(ids, dtype=torch.int64).reshape(-1).cpu()
+    if t.numel() != n:
+        raise InvalidDataError(f"{t.numel()} sample ids for {n} samples")
+    t = torch.sort(t).values
+    if t.numel() > 1 and bool((t[1:] == t[:-1]).any()):
+        raise InvalidDataError("sample ids repeat: every sample needs its own id")
+    return t
 
 
 def gram_state(model: MixedLinearModel, source: TensorSource) -> GramState:
     """Gram sums of a data source (features through the frozen prefix, chunk by chunk)."""
-    return gram_sums(model, ((model.features(x), y) for x, y in source))
+    return gram_sums(model, ((model.features(x), y) for x, y in source), ids=getattr(source, "ids", None))
 
 
 def _tensors(state) -> list[torch.Tensor]:
@@ -228,7 +324,7 @@ class Objective:
             yield from self._fast_states()
 
     def _build_gram(self, lin) -> None:
-        self._set_gram(gram_sums(self.model, self.chunks(), lin))
+        self._set_gram(gram_sums(self.model, self.chunks(), lin, ids=getattr(self.source, "ids", None)))
 
     def _set_gram(self, g: "GramState") -> None:
         m = self.model
@@ -255,6 +351,30 @@ class Objective:
         obj.precondition, obj.path, obj.n = False, "gram", state.n
         obj._set_gram(state)
         return obj
+
+    def residual_error(self, w: dict[str, torch.Tensor], gn: float) -> float:
+        """Gram path: an upper bound on ‖∇L(w)‖ − ‖ĝ‖ for the computed gradient ĝ (norm ``gn``).
+
+        The exact gradient in augmented form is (W_a G + B)/n + μ w. The stored sums carry
+        ‖Ĝ − G‖_F ≤ eG and ‖B̂ − B‖_F ≤ eB, so they add at most (‖W_a‖_2·eG + eB)/n (as
+        ‖W_a E‖_F ≤ ‖W_a‖_2 ‖E‖_F; the computed spectral norm is rounded up by 1 + 1e-8, far
+        above an SVD's error on a C × (h+1) matrix). Evaluating ĝ from the stored sums (the
+        divisions by n, inner products of length h+1, two additions) adds at most
+        γ_{h+4}·‖|W_a||Ĝ/n| + |B̂/n|‖_F + γ_2·μ‖w‖ (Higham 3.5, elementwise, computed here), and
+        the norm itself is within γ_{P+1}·‖ĝ‖. 0 off the Gram path (not bounded there)."""
+        if self._gram is None:
+            return 0.0
+        st = self.gram_sums
+        G, B = self._gram[0], self._gram[1]
+        wf = self.model.flatten(w).to(torch.float64)
+        Wa = self._to_aug(wf)
+        w2 = float(torch.linalg.matrix_norm(Wa, ord=2)) * (1 + 1e-8)
+        k = G.shape[0]
+        sums = (w2 * st.eG + st.eB) / st.n
+        elementwise = float(torch.linalg.norm(Wa.abs() @ G.abs() + B.abs())) * (1 + gamma(k + 2))
+        evaluation = gamma(k + 4) * elementwise + gamma(2) * self.mu * float(wf.norm())
+        norm = gamma(wf.numel() + 1) * gn
+        return ERR_SAFETY * (sums + evaluation + norm)
 
     def _direct(self, g: torch.Tensor) -> torch.Tensor:
         """H d = g for an affine head: H acts as (G + μI) on every output's row, so one Cholesky
@@ -484,5 +604,6 @@ class Objective:
             newton_steps=steps + fast_steps,
             n_samples=self.n,
             path=self.path,
+            residual_error=self.residual_error(w, gn),
         )
         return w, res

@@ -45,7 +45,7 @@ class ToyRescale(MixedLinear):
     config_cls = ToyRescaleConfig
     private_artifacts = ("weights",)
 
-    def forget(self, model, retained, cfg, progress=None):
+    def forget(self, model, retained, cfg, progress=None, removed=None):
         model.user = {k: v * cfg.factor for k, v in model.user.items()}
         return SolveResult(iterations=1, residual_norm=math.nan, converged=True, seconds=0.0, operation="forget")
 

@@ -265,7 +265,7 @@ def test_forget_by_downdating_cached_gram_matches_dense_retrain():
     fitted = gram_state(model, TensorSource(x, y, chunk_size=7))
     gone = torch.isin(subj, torch.tensor([1, 6])).nonzero().reshape(-1)
     keep = torch.tensor([i for i in range(len(y)) if i not in set(gone.tolist())])
-    res, retained = method.forget_downdate(model, fitted, TensorSource(x[gone], y[gone]), cfg)
+    res, retained = method.forget_downdate(model, fitted, TensorSource(x[gone], y[gone], ids=gone), cfg)
     assert res.converged and retained.n == len(keep)
     assert rel(model.flatten(model.user), oracle.solve(keep)) <= 1e-6
 

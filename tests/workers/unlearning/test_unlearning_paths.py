@@ -174,11 +174,11 @@ def test_downdate_from_kept_gram_sums_round_trips_and_refuses_an_empty_retained_
     assert model.fitted_gram is not None and model.fitted_gram.n == 30
     kept = GramState.from_tensors(model.fitted_gram.to_tensors())  # as stored next to the private weights
     first = (subj == 1).nonzero().reshape(-1)
-    res, retained = method.forget_downdate(model, kept, TensorSource(x[first], y[first]), cfg)
+    res, retained = method.forget_downdate(model, kept, TensorSource(x[first], y[first], ids=first), cfg)
     assert res.operation == "forget" and model.fitted_gram is retained
     second = (subj == 2).nonzero().reshape(-1)
-    method.forget_downdate(model, None, TensorSource(x[second], y[second]), cfg)  # chained from the model's sums
+    method.forget_downdate(model, None, TensorSource(x[second], y[second], ids=second), cfg)  # chained from the model's sums
     keep = ((subj != 1) & (subj != 2)).nonzero().reshape(-1)
     assert rel(model.flatten(model.user), oracle.solve(keep)) <= 1e-6
     with pytest.raises(InvalidDataError, match="empty"):
-        method.forget_downdate(model, None, TensorSource(x[keep], y[keep]), cfg)
+        method.forget_downdate(model, None, TensorSource(x[keep], y[keep], ids=keep), cfg)

@@ -47,8 +47,12 @@ class ForgettingMethod(Protocol):
     def train(self, model: Any, user: Any, cfg: Any, progress: Any = None) -> Any:
         """Fit on the user data; returns a ``SolveResult``."""
 
-    def forget(self, model: Any, retained: Any, cfg: Any, progress: Any = None) -> Any:
-        """Forget everything not in ``retained`` (D_r), from the model's current state."""
+    def forget(self, model: Any, retained: Any, cfg: Any, progress: Any = None, removed: Any = None) -> Any:
+        """Forget everything not in ``retained`` (D_r), from the model's current state.
+
+        ``removed`` (optional): the forgotten samples, with their ids. A method that kept what it
+        needs (e.g. the Gram sums of the fitted set, a private artifact) may forget by them alone,
+        at a cost in proportion to them; the result must be the same as without them."""
 
     def bound(self, result: Any, cfg: Any, *, exact: bool | None = None, method: str | None = None) -> Any:
         """The release's ``Bound`` (guarantee, kl_nats, ...)."""

@@ -14,13 +14,13 @@ from torch import nn
 
 from workers.unlearning.bounds import Bound, exact_bound, information_bound
 from workers.unlearning.data import TensorSource
-from workers.unlearning.errors import InvalidDataError
+from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.evaluation import evaluate, membership_inference_auc
 from workers.unlearning.gates import GateResult, check_gates
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.methods.base import ModelSpec
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
-from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_state
+from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_sums
 from workers.unlearning.serialization import load_model_from_bytes, to_bytes
 
 REFINE_ITER_FACTOR = 10  # gate remedy 1: this many times the configured iteration budget
@@ -48,6 +48,15 @@ def _input_shape(model: MixedLinearModel) -> tuple[int, ...] | None:
     if model.architecture == "cnn" and {"in_channels", "height", "width"} <= set(c):
         return (int(c["in_channels"]), int(c["height"]), int(c["width"]))
     return None
+
+
+def _check_scale(model: MixedLinearModel, cfg: MixedLinearConfig) -> None:
+    """κ lives in the model (its targets) and in the config: they must agree, never silently."""
+    if float(cfg.target_scale) != float(model.target_scale):
+        raise ConfigError(
+            f"cfg.target_scale={cfg.target_scale!r} but the model was built with target_scale={model.target_scale!r}: "
+            "build the model with the config's κ (method.build or MixedLinearModel.build(..., target_scale=cfg.target_scale))"
+        )
 
 
 def _check(model: MixedLinearModel, source: TensorSource, what: str) -> None:
@@ -150,6 +159,7 @@ class MixedLinear:
 
     # -- user weights --------------------------------------------------------------------------
     def _solve(self, model, source, cfg, start, progress) -> SolveResult:
+        _check_scale(model, cfg)
         _check(model, source, "training" if start is None else "retained")
         obj = Objective(model, source, cfg.l2, precondition=cfg.precondition, cache_bytes=cfg.cache_bytes)
         w0 = start if start is not None else {k: torch.zeros_like(v) for k, v in model.user.items()}
@@ -165,9 +175,53 @@ class MixedLinear:
         """Solve ∇L_{D_u}(w) = 0 from w = 0."""
         return self._solve(model, user, cfg, None, progress)
 
-    def forget(self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> SolveResult:
-        """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic)."""
-        return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+    def forget(
+        self, model: MixedLinearModel, retained: TensorSource, cfg: MixedLinearConfig, progress: Progress = None,
+        removed: TensorSource | None = None,
+    ) -> SolveResult:
+        """Newton from the current w on D_r: w' = w − H_{D_r}⁻¹ ∇L_{D_r}(w) (exact: L is quadratic).
+
+        With the fitted set's Gram sums kept (``model.fitted_gram``, an affine head) and ids on
+        ``retained`` and ``removed``, the retained set's sums are built by downdating, at a cost
+        in proportion to the change: ``fitted − (fitted ∖ D_r) + (D_r ∖ fitted)`` by sample id (new
+        samples since the fit are added). It applies only when every fitted sample missing from
+        D_r is among ``removed``; otherwise D_r's Gram is rebuilt from all of it. Same result."""
+        plan = self._downdate_plan(model, retained, removed)
+        if plan is None:
+            return self._solve(model, retained, cfg, {k: v.clone() for k, v in model.user.items()}, progress)
+        gone, added = plan
+        fitted = model.fitted_gram
+        if len(added):
+            _check(model, added, "retained")
+            fitted = fitted + gram_sums(model, ((model.features(x), y) for x, y in added), ids=added.ids)
+        res, _ = self.forget_downdate(model, fitted, gone, cfg, progress)
+        res.path = "gram-downdate"
+        return res
+
+    @staticmethod
+    def _downdate_plan(model: MixedLinearModel, retained: TensorSource, removed: TensorSource | None):
+        """(samples to subtract, samples to add) when kept sums can serve D_r, else None."""
+        fitted = model.fitted_gram
+        if fitted is None or fitted.ids is None or retained.ids is None or len(retained) == 0:
+            return None
+        if removed is not None and len(removed) and removed.ids is None:
+            return None
+        kept = fitted.ids.cpu()
+        r_ids = retained.ids.to(torch.int64).cpu()
+        gone_ids = kept[~torch.isin(kept, r_ids)]
+        add_pos = (~torch.isin(r_ids, kept)).nonzero().reshape(-1)
+        if removed is None or not len(removed):
+            if gone_ids.numel():
+                return None
+            gone = TensorSource(retained.x[:0], retained.y[:0], retained.chunk_size, ids=r_ids[:0])
+        else:
+            rm_ids = removed.ids.to(torch.int64).cpu()
+            if not bool(torch.isin(gone_ids, rm_ids).all()):
+                return None  # a fitted sample left D_r without being among the removed: rebuild
+            gone = removed.subset(torch.isin(rm_ids, gone_ids).nonzero().reshape(-1))
+        if gone_ids.numel() + add_pos.numel() >= len(retained):
+            return None  # downdating would cost as much as rebuilding
+        return gone, retained.subset(add_pos)
 
     def forget_downdate(
         self, model: MixedLinearModel, fitted: GramState | None, removed: TensorSource, cfg: MixedLinearConfig, progress: Progress = None
@@ -178,15 +232,19 @@ class MixedLinear:
         fit/forget/retrain in this process). ``removed`` must be samples of that fitted set.
         Returns the result and the retained set's Gram sums (keep them privately for the next
         forget)."""
+        _check_scale(model, cfg)
         if fitted is None:
             fitted = model.fitted_gram
         if fitted is None:
             raise InvalidDataError("no Gram sums of the fitted set: fit first, or pass them (GramState.from_tensors)")
+        gone = self._removed_ids(fitted, removed)
         if len(removed) >= fitted.n:
             raise InvalidDataError("the retained set would be empty")
         if len(removed):
             removed.validate(_num_outputs(model, removed))
-        retained = fitted - gram_state(model, removed) if len(removed) else fitted
+            retained = fitted - gram_sums(model, ((model.features(x), y) for x, y in removed), ids=gone)
+        else:
+            retained = fitted
         obj = Objective.from_gram(model, retained, cfg.l2)
         w, res = obj.minimise({k: v.clone() for k, v in model.user.items()}, tol=cfg.tol, max_iter=cfg.max_iter,
                               max_newton_steps=cfg.max_newton_steps, progress=progress)
@@ -194,6 +252,29 @@ class MixedLinear:
         model.fitted_gram = retained
         res.operation = "forget"
         return res, retained
+
+    @staticmethod
+    def _removed_ids(fitted: GramState, removed: TensorSource) -> torch.Tensor:
+        """The removed samples' ids, checked against the fitted set's (sorted) ids: every one must
+        be in it, once. A sample removed before is no longer in it, so removing it twice is refused."""
+        if fitted.ids is None:
+            raise InvalidDataError("the kept Gram sums have no sample ids: refit to downdate them")
+        if len(removed) == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        if removed.ids is None:
+            raise InvalidDataError("the removed samples need their ids (TensorSource(..., ids=...) or source.subset(index))")
+        ids = torch.sort(removed.ids.to(torch.int64).cpu()).values
+        if ids.numel() > 1 and bool((ids[1:] == ids[:-1]).any()):
+            raise InvalidDataError("the removed samples repeat an id: each sample can be removed once")
+        known = fitted.ids.cpu()
+        pos = torch.searchsorted(known, ids).clamp(max=max(known.numel() - 1, 0))
+        missing = ids[known[pos] != ids] if known.numel() else ids
+        if missing.numel():
+            raise InvalidDataError(
+                f"{missing.numel()} removed sample(s) are not in the fitted set (never fitted, or removed already), "
+                f"e.g. id {int(missing[0])}: the Gram sums cannot be downdated by them"
+            )
+        return ids
 
     def zero(self, model: MixedLinearModel) -> SolveResult:
         model.zero_user()
@@ -236,7 +317,10 @@ class MixedLinear:
         if exact:
             name = method or (result.operation if result.operation in ("zero", "retrain") else "retrain")
             return exact_bound(name, cfg.l2, cfg.noise_std, result.iterations, result.residual_norm)
-        return information_bound(result.residual_norm, cfg.l2, cfg.noise_std, method=self.name, guarantee=self.guarantee, iterations=result.iterations)
+        # the certified residual: the computed ‖∇L‖ plus its rigorous floating-point error
+        # (Gram path: rounding of the kept sums and of their downdates; SolveResult.residual_error)
+        certified = result.residual_norm + getattr(result, "residual_error", 0.0)
+        return information_bound(certified, cfg.l2, cfg.noise_std, method=self.name, guarantee=self.guarantee, iterations=result.iterations)
 
     def release(self, model: MixedLinearModel, cfg: MixedLinearConfig) -> dict[str, torch.Tensor]:
         """User weights + s·ξ, ξ ~ N(0, I) from a fresh OS-random seed that is never kept."""
