@@ -70,14 +70,15 @@ def version_numbers(session: Session, version_ids: Iterable[int | None]) -> dict
     return dict(session.execute(select(ModelVersion.id, ModelVersion.number).where(ModelVersion.id.in_(ids))).all())
 
 
-def queued_requests_for_update(session: Session) -> list[DeletionRequest]:
-    """Every ``queued`` request, oldest first, row-locked; rows another scheduler holds are skipped."""
+def queued_requests_for_update(session: Session, *, wait: bool = False) -> list[DeletionRequest]:
+    """Every ``queued`` request, oldest first, row-locked; rows another scheduler holds are
+    skipped, or (``wait``, for "run now") waited for, in the same order (no deadlock)."""
     return list(
         session.execute(
             select(DeletionRequest)
             .where(DeletionRequest.status == RequestStatus.queued.value)
             .order_by(DeletionRequest.created_at, DeletionRequest.id)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=not wait)
         ).scalars()
     )
 

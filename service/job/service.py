@@ -170,7 +170,9 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
     ``force_model_id`` ("run now") opens that model's job regardless of window and batch size,
     with every queued request it holds (not capped at ``batch_size``)."""
     now = now or utcnow()
-    queued = repo.queued_requests_for_update(session)
+    # "run now" waits for rows a concurrent scheduler tick holds instead of skipping them (skipping
+    # made a run-now answer "nothing to forget" while the tick held the model's requests)
+    queued = repo.queued_requests_for_update(session, wait=force_model_id is not None)
     if not queued:
         return []
     held = repo.holdings(session, {r.subject_key for r in queued})
@@ -233,6 +235,9 @@ def forget_now(session: Session, settings: Settings, model: Model, actor: str) -
         if job.model_id == model.id:
             append_event(session, actor=actor, kind="job.run_now", payload={"job_id": str(job.id), "model": model.name})
             return job
+    existing = repo.active_job(session, model.id)
+    if existing is not None:  # a concurrent tick opened the model's batch first
+        raise _active_conflict(model, existing)
     raise NothingToForget(
         f"Model '{model.name}' holds no samples of its queued requests' subjects (they completed at once)"
     )

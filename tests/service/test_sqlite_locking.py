@@ -49,10 +49,9 @@ def test_reads_with_cold_tokens_do_not_wait_for_a_writer_and_writes_get_503_not_
     try:
         for role, url in (("admin", "/v1/models"), ("serving", "/v1/models"), ("admin", "/v1/audit/verify"),
                           ("admin", "/v1/deletion-requests"), ("admin", "/metrics")):
-            t0 = time.perf_counter()
             r = client.get(url, headers={"Authorization": f"Bearer {tokens[role]}"})
+            # a read that asked for the write lock would wait out the 0.5 s busy timeout and be a 503
             assert r.status_code == 200, (url, r.text)
-            assert time.perf_counter() - t0 < 0.4, url  # below the writers' busy timeout: no waiting
         t0 = time.perf_counter()
         r = client.post("/v1/deletion-requests", json={"subject_id": "s-1"},
                         headers={"Authorization": f"Bearer {tokens['requester']}"})
@@ -73,11 +72,11 @@ def test_a_cold_token_in_a_write_request_does_not_deadlock_its_own_request(embed
             "input_shape": [2], "num_classes": 2}
     assert client.post("/v1/models", json=spec, headers=h).status_code == 201
     clear_token_cache()
-    t0 = time.perf_counter()
     rows = [{"subject_id": "u-1", "split": "user", "label": 0, "x": [0.0, 1.0]}]
     r = client.post("/v1/models/m/samples", json={"samples": rows}, headers=h)
+    # a request waiting on its own second session's lock would give up after the 0.5 s busy
+    # timeout with a 503 (no wall-clock bound here: a loaded machine is slow, not deadlocked)
     assert r.status_code == 201, r.text
-    assert time.perf_counter() - t0 < 0.4
 
 
 def test_an_erasing_commit_leaves_no_raw_id_in_the_database_or_its_wal(embedded):

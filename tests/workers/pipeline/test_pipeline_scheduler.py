@@ -214,3 +214,46 @@ def test_requests_fail_once_their_own_attempts_run_out(db, store, settings):
     assert r.status == "failed" and r.attempts == settings.pipeline.request_max_attempts
     assert "boom" in r.error and r.open_key is None
     assert job_service.schedule(db, settings, now=_later(1)) == []
+
+
+def test_forget_now_waits_for_a_concurrent_tick_instead_of_answering_nothing_to_forget(clean_tables, store, settings):
+    """A beat tick holding the queued rows (skip-locked) made "run now" find none of them and
+    answer 409 "holds no samples ... completed at once" while nothing had completed."""
+    import threading
+    import time
+
+    from sqlalchemy.orm import Session
+
+    from service.job import repository as job_repo
+    from service.models import Model
+
+    engine = clean_tables
+    with Session(engine) as s, s.begin():
+        m = register_model(s, batch_window_s=3600, batch_size=100)
+        _samples(s, store, m, ["a"])
+        file_request(s, m, "a")
+        model_id = m.id
+    tick = Session(engine)
+    tick.begin()
+    assert len(job_repo.queued_requests_for_update(tick)) == 1  # the tick holds the row
+    result: dict = {}
+
+    def run_now() -> None:
+        try:
+            with Session(engine) as s, s.begin():
+                result["job"] = job_service.forget_now(s, settings, s.get(Model, model_id), "op").id
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            result["error"] = exc
+
+    t = threading.Thread(target=run_now)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive() and result == {}  # waiting for the tick, not answering
+    tick.rollback()
+    tick.close()
+    t.join(30)
+    assert "error" not in result, result
+    with Session(engine) as s:
+        job = s.get(Job, result["job"])
+        assert job.kind == "forget" and job.config["trigger"] == "run-now"
+        assert s.execute(select(DeletionRequest.status)).scalar_one() == RequestStatus.processing.value
