@@ -6,7 +6,9 @@ import threading
 import time
 from datetime import timedelta
 
-from pipeline_support import SECRET, file_request, load_all, make_data, register_model
+from pipeline_support import SECRET, file_request, register_model
+from pipeline_support import forget_job as _forget_job
+from pipeline_support import trained as _trained
 from sqlalchemy import func, select
 
 from service.audit.service import verify_chain
@@ -19,22 +21,6 @@ from workers.execution.run import run_job
 from workers.execution.sweeper import sweep
 
 
-def _trained(rt, name="tiny", **overrides):
-    data = make_data()
-    with rt.session_factory.begin() as s:
-        m = register_model(s, name, **overrides)
-        load_all(s, rt.store, m, data)
-        job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
-    assert run_job(rt, job_id) == "succeeded"
-    return model_id
-
-
-def _forget_job(rt, model_id, *subjects):
-    with rt.session_factory.begin() as s:
-        model = s.get(Model, model_id)
-        for subj in subjects:
-            file_request(s, model, subj)
-        return job_service.forget_now(s, rt.settings, model, "test").id
 
 
 def _versions(s, model_id=None):

@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import time
 
-from pipeline_support import SECRET, file_request, load_all, make_data, register_model
+from pipeline_support import SECRET, make_data
+from pipeline_support import forget_job as _forget_job
+from pipeline_support import trained as _trained
 from sqlalchemy import select
 
 from service.core.security import subject_key
 from service.job import service as job_service
 from service.model_registry.service import move_alias
-from service.models import DeletionRequest, Job, JobKind, JobStatus, Model, ModelAlias, ModelVersion, SampleChunk, VersionArtifact
+from service.models import DeletionRequest, Job, JobStatus, Model, ModelAlias, ModelVersion, SampleChunk, VersionArtifact
 from workers.execution import run as run_mod
 from workers.execution.purge import purge_model
 from workers.execution.run import run_job
 
 
-def _trained(rt, name="tiny", data=None, **overrides):
-    data = data or make_data()
-    with rt.session_factory.begin() as s:
-        m = register_model(s, name, **overrides)
-        load_all(s, rt.store, m, data)
-        job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
-    assert run_job(rt, job_id) == "succeeded"
-    return model_id
-
-
-def _forget_job(rt, model_id, *subjects):
-    with rt.session_factory.begin() as s:
-        model = s.get(Model, model_id)
-        for subj in subjects:
-            file_request(s, model, subj)
-        return job_service.forget_now(s, rt.settings, model, "test").id
 
 
 def _take_over(rt, job_id) -> int:
