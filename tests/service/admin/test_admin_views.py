@@ -497,3 +497,7 @@ def test_every_button_shown_is_a_legal_transition(client, db, status):
     shown = set(re.findall(rf'action="/admin/requests/{r.id}/(\w+)"', page))
     legal = {a for a, (allowed, _, _) in TRANSITIONS.items() if RequestStatus(status) in allowed}
     assert shown == legal, (status, shown, legal)
+    # the list page's bulk approval offers a request's checkbox only where approve is legal
+    listed = client.get("/admin/requests").text
+    assert str(r.id) in listed
+    assert (f'name="ids" value="{r.id}"' in listed) == ("approve" in legal), (status, legal)
