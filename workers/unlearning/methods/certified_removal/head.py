@@ -245,3 +245,45 @@ class Budget:
     def exceeded(self, beta: float) -> bool:
         """Whether a release with accumulated β would cross the budget (then: retrain)."""
         return not (self.spent(beta) <= self.epsilon)
+
+
+BUDGET_EXHAUSTED = "budget exhausted"
+
+
+@dataclass
+class HeadState:
+    """A trained head and its ledger: β = the training residual + every removal's bound since."""
+
+    w: torch.Tensor  # (C, d), released
+    b: torch.Tensor  # (C, d), private: never served or logged
+    loss: Loss
+    lam: float
+    n: int  # samples the current w answers for
+    beta: float
+    train_residual: float
+    removals: int = 0  # removal steps since the last (re)training
+    retrains: int = 0
+
+
+def train_head(x: torch.Tensor, t: torch.Tensor, s: float, lam: float, loss: Loss, max_iter: int = 100,
+               retrains: int = 0) -> tuple[HeadState, FitInfo]:
+    """Train from scratch with a fresh b; β starts at the training residual."""
+    b = draw_perturbation((t.shape[1], x.shape[1]), s)
+    w, info = fit(x, t, b, lam, loss, max_iter)
+    return HeadState(w, b, loss, lam, len(x), info.residual, info.residual, 0, retrains), info
+
+
+def remove_or_retrain(state: HeadState, x_r: torch.Tensor, t_r: torch.Tensor, budget: Budget,
+                      max_iter: int = 100) -> tuple[HeadState, Removal | FitInfo, str]:
+    """One Newton removal down to ``x_r``; when its bound would push ε_spent past the budget, the
+    head is retrained on ``x_r`` with a fresh b instead (reason ``"budget exhausted"``)."""
+    r = remove(x_r, t_r, state.w, state.b, state.lam, state.loss)
+    if not budget.exceeded(state.beta + r.bound):
+        new = HeadState(r.w, state.b, state.loss, state.lam, len(x_r), state.beta + r.bound, state.train_residual,
+                        state.removals + 1, state.retrains)
+        return new, r, ""
+    fresh, info = train_head(x_r, t_r, budget.s, state.lam, state.loss, max_iter, retrains=state.retrains + 1)
+    if budget.exceeded(fresh.beta):
+        raise InvalidDataError(f"even a fresh training leaves ε_spent = {budget.spent(fresh.beta):.3g} > ε = {budget.epsilon}: "
+                               "raise s or ε")
+    return fresh, info, BUDGET_EXHAUSTED
