@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -11,6 +11,9 @@ class CertifiedRemovalConfig(MethodConfig):
     """Settings of ``certified_removal`` (Guo et al., ICML 2020; DESIGN §14.4). Torch-free: the
     service validates registrations against it (ε ≤ 0, δ ∉ (0, 1), s ≤ 0, λ ≤ 0 → 422).
     A model registered without them gets these documented defaults."""
+
+    families: ClassVar[frozenset[str]] = frozenset({"linear_head"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     method: Literal["certified_removal"] = "certified_removal"
     epsilon: float = Field(1.0, gt=0, description="ε: the budget; a removal that would push ε_spent past it retrains the head instead")
