@@ -118,8 +118,9 @@ def plot(rows: list[dict], path: Path) -> bool:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name in sorted({r["set"] for r in rows}):
         mine = [r for r in rows if r["set"] == name]
-        a.plot([r["epsilon_after_all"] for r in mine], [r["accuracy"] for r in mine], "o-", label=f"{name} (K={mine[0]['removals']})")
+        a.plot([r["epsilon_after_all"] for r in mine], [r["accuracy"] for r in mine], "o", label=f"{name} (K={mine[0]['removals']})")
         for r in mine:
+            a.annotate(f"s={r['s']:g}", (r["epsilon_after_all"], r["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
             b.plot(range(1, len(r["epsilon_curve"]) + 1), r["epsilon_curve"], label=f"{name}, s={r['s']:g}")
     a.set(xscale="log", xlabel=f"ε needed for K single-sample removals (δ={DELTA:g})", ylabel="eval accuracy",
           title="privacy–utility: accuracy vs ε")
