@@ -120,3 +120,18 @@ def test_least_squares_heads_remove_exactly(trained):
     x_r, t_r = model.x.numpy(), H.one_vs_rest(model.y, 3).numpy()
     exact = np.linalg.solve(x_r.T @ x_r + cfg.l2 * 50 * np.eye(x_r.shape[1]), x_r.T @ t_r - model.head.b.numpy().T).T
     assert np.allclose(model.head.w.numpy(), exact, rtol=0, atol=1e-12) and r.beta_step < 1e-9
+
+
+def test_the_served_file_loads_with_the_library_loader(trained, tmp_path):
+    from workers.unlearning import load_model
+
+    method, cfg, model, user, result, (x, y) = trained
+    path = tmp_path / "v.safetensors"
+    path.write_bytes(method.serve_bytes(model, method.release(model, cfg), {"model": "m"}))
+    served = load_model(path)  # what LetheClient.pull calls
+    assert torch.equal(served.predict(x), load_linear_head(path.read_bytes()).predict(x))
+    assert torch.allclose(served(x), model.net()(x))
+    from workers.unlearning.methods.certified_removal.method import FORMAT
+    from workers.unlearning.serialization import LINEAR_HEAD_FORMAT
+
+    assert FORMAT == LINEAR_HEAD_FORMAT  # the library loader dispatches on it

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,13 +33,14 @@ from workers.unlearning.bounds import Bound
 from workers.unlearning.core_training import train_cross_entropy
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import ConfigError, InvalidDataError
+from workers.unlearning.files import read_metadata
 from workers.unlearning.evaluation import auc
 from workers.unlearning.gates import GateResult
 from workers.unlearning.linearized import resolve_device
 from workers.unlearning.methods.base import ModelSpec
 from workers.unlearning.methods.certified_removal import head as H
 from workers.unlearning.methods.certified_removal.config import CertifiedRemovalConfig
-from workers.unlearning.networks import build_network, resolve_architecture
+from workers.unlearning.networks import Builder, build_network, resolve_architecture
 from workers.unlearning.objective import Progress, SolveResult
 
 FORMAT = "lethe.linear_head/1"
@@ -85,9 +87,10 @@ class LinearHeadModel:
         self.y: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, architecture: str, architecture_config: dict, seed: int = 0) -> "LinearHeadModel":
+    def build(cls, architecture: str, architecture_config: dict, seed: int = 0,
+              architectures: Mapping[str, Builder] | None = None) -> "LinearHeadModel":
         torch.manual_seed(seed)
-        net = build_network(architecture, architecture_config)
+        net = build_network(architecture, architecture_config, architectures=architectures)
         extractor, last = _split(net)
         return cls(architecture, architecture_config, extractor, last.out_features)
 
@@ -333,23 +336,22 @@ class CertifiedRemoval:
         return model
 
 
-def read_header(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
-
-
-def load_linear_head(data: bytes, *, private: bool = False):
-    """The served :class:`LinearHeadNet` from a file's bytes (architecture from the registry only);
-    ``private=True``: (model object, tensors, metadata) for :meth:`CertifiedRemoval.load_private`."""
-    meta = read_header(data)
+def load_linear_head(data: bytes, *, private: bool = False, architectures: Mapping[str, Builder] | None = None):
+    """The served :class:`LinearHeadNet` from a file's bytes (architecture from the registry, or
+    ``architectures``, only); ``private=True``: (model object, tensors, metadata) for
+    :meth:`CertifiedRemoval.load_private`."""
+    meta = read_metadata(data)
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe linear-head file (format={meta.get('format')!r})")
     arch = meta.get("architecture")
-    resolve_architecture(arch)  # refuses unknown names before building anything
+    try:
+        builder = resolve_architecture(arch, architectures)  # refuses unknown names before building anything
+    except ConfigError as exc:
+        raise ConfigError(f"refusing to load this file: {exc}") from None
     cfg = json.loads(meta["architecture_config"])
     if not isinstance(cfg, dict):
         raise ConfigError("the file's architecture_config is not a JSON object")
-    model = LinearHeadModel.build(arch, cfg)
+    model = LinearHeadModel.build(arch, cfg, architectures={arch: builder})
     tensors = st_load(data)
     model.extractor.load_state_dict({k[len("extractor."):]: v for k, v in tensors.items() if k.startswith("extractor.")})
     if private:
