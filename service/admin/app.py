@@ -96,6 +96,16 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _bound_points(bounds: list[tuple[int, dict]]) -> tuple[list[tuple[int, float]], str, str]:
+    """(points, title, y label) of the bound chart: KL per version, or for an (ε, δ) model
+    (certified_removal) ε_spent per version with its δ and budget (a statement per release)."""
+    eps = [(n, y) for n, b in bounds if (y := _number(b.get("epsilon_spent"))) is not None]
+    if eps:
+        last = bounds[-1][1]
+        return eps, f"ε spent per version (δ={last.get('delta')}, budget ε={last.get('epsilon_budget')}; per release)", "epsilon_spent"
+    return [(n, y) for n, b in bounds if (y := _number(b.get("kl_nats"))) is not None], "information bound per version", "kl_nats"
+
+
 def _step_states(job) -> list[tuple[str, str]]:
     """(step, done | current | failed | pending) for the job's pipeline steps."""
     done_upto = JOB_STEPS.index(job.step) if job.step in JOB_STEPS else -1
@@ -289,11 +299,11 @@ def create_admin_app(settings: Settings) -> FastAPI:
             if not versions:
                 continue
             latest.append({"model": m.name, "v": versions[-1]})
-            kl = [(v.number, y) for v in versions if (y := _number((v.bound or {}).get("kl_nats"))) is not None]
+            kl, what, y_label = _bound_points([(v.number, v.bound or {}) for v in versions])
             acc = [(v.number, y) for v in versions if (y := _number((v.metrics or {}).get("eval_accuracy"))) is not None]
             charts.append({
                 "model": m.name,
-                "kl": line_chart(kl, title=f"{m.name}: information bound per version", y_label="kl_nats"),
+                "kl": line_chart(kl, title=f"{m.name}: {what}", y_label=y_label),
                 "acc": line_chart(acc, title=f"{m.name}: eval accuracy per version", y_label="accuracy"),
             })
         return {"by_status": by_status, "sla": sla, "overdue": overdue, "open_total": open_total, "running": running,
@@ -481,12 +491,12 @@ def create_admin_app(settings: Settings) -> FastAPI:
                 lineage.append(v)
                 v = by_number.get(v.parent) if v.parent else None
         chrono = list(reversed(versions))[-CHART_VERSIONS:]
-        kl = [(v.number, y) for v in chrono if (y := _number(v.bound.get("kl_nats"))) is not None]
+        kl, what, y_label = _bound_points([(v.number, v.bound or {}) for v in chrono])
         acc = [(v.number, y) for v in chrono if (y := _number(v.metrics.get("eval_accuracy"))) is not None]
         active = job_service.active_job(db, model.id)
         return {"model": model, "versions": versions, "lineage": lineage, "aliases": aliases, "more": more, "before": before,
                 "active": job_read(db, active) if active else None,
-                "kl_chart": line_chart(kl, title="Information bound per version", y_label="kl_nats"),
+                "kl_chart": line_chart(kl, title=what if y_label == "epsilon_spent" else what.capitalize(), y_label=y_label),
                 "acc_chart": line_chart(acc, title="Eval accuracy per version", y_label="accuracy")}
 
     @admin.get("/models/{name}", response_class=HTMLResponse)
