@@ -22,7 +22,7 @@ class CertifiedRemovalConfig(MethodConfig):
     l2: float = Field(1e-2, gt=0, description="λ: the head minimises Σℓ + (λn/2)‖w‖² + bᵀw")
     loss: Literal["logistic", "least_squares"] = Field("logistic", description="one-vs-rest heads; least squares removes exactly")
     max_newton_steps: int = Field(50, ge=1, description="training stops earlier, at float64 precision")
-    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="where the feature extractor runs; the head's math is float64 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="where the extractor is trained on the core split; features and the head are float64 on CPU")
     core_epochs: int = Field(30, ge=0, description="the extractor: cross-entropy on the core split only (0: the architecture's initial weights)")
     core_lr: float = Field(1e-2, gt=0)
     core_batch_size: int = Field(128, ge=1)

@@ -148,10 +148,11 @@ class CertifiedRemoval:
         _check(model, core, "core")
         torch.manual_seed(cfg.seed)
         last = _split(build_network(model.architecture, model.architecture_config))[1].to(torch.float64)
-        net = nn.Sequential(model.extractor, last).train()
+        device = resolve_device(cfg.device)
+        net = nn.Sequential(model.extractor, last).to(device).train()
         out = train_cross_entropy(net, core, epochs=cfg.core_epochs, lr=cfg.core_lr, batch_size=cfg.core_batch_size,
-                                  seed=cfg.seed, device=resolve_device("cpu"), dtype=torch.float64, progress=progress)
-        model.extractor.eval()
+                                  seed=cfg.seed, device=device, dtype=torch.float64, progress=progress)
+        model.extractor = model.extractor.cpu().eval()  # features and the head's math: float64 on CPU
         model.head, model.ids, model.x, model.y = None, None, None, None  # features changed
         return out
 
