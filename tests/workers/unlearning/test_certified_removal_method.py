@@ -135,3 +135,15 @@ def test_the_served_file_loads_with_the_library_loader(trained, tmp_path):
     from workers.unlearning.serialization import LINEAR_HEAD_FORMAT
 
     assert FORMAT == LINEAR_HEAD_FORMAT  # the library loader dispatches on it
+
+
+def test_zero_holds_nothing_and_the_next_forget_retrains(trained):
+    method, cfg, model, user, result, (x, y) = trained
+    z = method.zero(model)
+    bound = method.bound(z, cfg, exact=True, method="zero")
+    assert bound.guarantee == "exact" and bound.extra["epsilon_spent"] == 0.0 and not bool(method.release(model, cfg).any())
+    back = method.load_private(method.save_private(model), cfg)
+    r = method.forget(back, user.subset(torch.arange(5, 60)), cfg)
+    assert r.operation == "retrain" and r.retrain_reason == "after zero" and back.head.n == 55
+    oracle, _ = H.fit(back.x, H.one_vs_rest(back.y, 3), back.head.b, cfg.l2, cfg.loss)
+    assert torch.allclose(back.head.w, oracle, rtol=0, atol=1e-12)

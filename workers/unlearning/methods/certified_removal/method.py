@@ -123,7 +123,7 @@ class CertifiedResult(SolveResult):
     beta_step: float = 0.0  # this operation's share of β
     removals_since_retrain: int = 0
     retrains: int = 0
-    retrain_reason: str = ""  # "budget exhausted" | "new samples" | ""
+    retrain_reason: str = ""  # "budget exhausted" | "new samples" | "after zero" | ""
 
 
 class CertifiedRemoval:
@@ -184,14 +184,16 @@ class CertifiedRemoval:
                removed: TensorSource | None = None) -> CertifiedResult:
         """Forget everything not in ``retained``: one Newton step on D_r (the kept features,
         matched by id), or a retrain with a fresh b when the budget would be crossed ("budget
-        exhausted") or D_r holds samples the head never saw ("new samples": a removal cannot add)."""
+        exhausted"), D_r holds samples the head never saw ("new samples": a removal cannot add) or
+        the head was zeroed ("after zero")."""
         if model.head is None:
             raise InvalidDataError("the head is not trained: train first")
         _check(model, retained, "retained")
         (keep, x, y), new = self._retained(model, retained)
-        if new:
+        if new or model.head.n == 0:  # a removal cannot add samples, nor start from a zeroed head
             model.ids, model.x, model.y = keep, x, y
-            return self._fit(model, model.x, model.y, cfg, "retrain", "new samples", model.head.retrains + 1, progress)
+            reason = "new samples" if new else "after zero"
+            return self._fit(model, model.x, model.y, cfg, "retrain", reason, model.head.retrains + 1, progress)
         if len(x) == model.head.n and keep is not None and model.ids is not None and bool(torch.equal(keep, model.ids)):
             return self._result(model, "forget", "", 0, 0.0, 0.0)  # nothing removed: the same release
         start = time.perf_counter()
