@@ -93,3 +93,25 @@ def test_deletions_spend_the_budget_and_a_retrain_resets_it(rt):
         for v in _versions(rt, model_id)[:-1]:
             assert v.private_uri is None
             assert s.execute(select(VersionArtifact).where(VersionArtifact.version_id == v.id)).first() is None
+
+
+def test_zero_then_retrain_through_the_pipeline(rt):
+    from service.job import service as job_service
+    from service.models import Job, JobKind
+
+    model_id = _head_model(rt)
+    with rt.session_factory.begin() as s:
+        job_id = job_service.create_job(s, rt.settings, s.get(Model, model_id), JobKind.zero, actor="test",
+                                        config={"then_retrain": True}).id
+    assert run_job(rt, job_id) == "succeeded"
+    v2 = _versions(rt, model_id)[-1]
+    assert v2.bound["guarantee"] == "exact" and v2.bound["kl_nats"] == 0.0 and v2.bound["epsilon_spent"] == 0.0
+    assert not bool(load_linear_head(rt.store.read_bytes(v2.artifact_uri)).w.any())  # the served head is zero
+    with rt.session_factory() as s:
+        retrain = s.execute(select(Job).where(Job.kind == "retrain")).scalar_one()
+    assert run_job(rt, retrain.id) == "succeeded"
+    v3 = _versions(rt, model_id)[-1]
+    b2 = st_load(rt.store.read_bytes(v2.private_uri))["head.b"]
+    b3 = st_load(rt.store.read_bytes(v3.private_uri))["head.b"]
+    assert v3.bound["guarantee"] == "exact" and v3.bound["epsilon_spent"] < 1e-6 and not torch.equal(b2, b3)  # a fresh b
+    assert v3.metrics["eval_accuracy"] > 0.5
