@@ -271,10 +271,12 @@ def _solve_retrain(ctx: SolveContext) -> Solved:
     """Without the subjects, from w = 0 (and a fresh core when they had core samples)."""
     ctx.needs("retrain")
     user = ctx.data["user"]
-    if bool((ctx.job.config or {}).get("core_subjects")) or ctx.parent is None:
+    if bool((ctx.job.config or {}).get("core_subjects")) or ctx.parent is None or not ctx.method.supports("zero"):
         mm = ctx.fresh()
         if len(user):
             result = ctx.method.retrain(mm, user, ctx.cfg, core_source=ctx.data["core"], progress=ctx.progress)
+        elif not ctx.method.supports("zero"):
+            raise InvalidDataError("nobody is left to train on: this method's family has no zeroed model")
         else:
             ctx.method.prepare(mm, ctx.data["core"], ctx.cfg, ctx.progress)
             result = ctx.method.zero(mm)
@@ -337,8 +339,27 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
 
 
 def _gate(method: ForgettingMethod, bound: Bound, collected: dict, metrics: dict, cfg):
-    parent_acc = (collected.get("parent_metrics") or {}).get("eval_accuracy")
-    return method.gate(bound, {"accuracy": parent_acc}, {"accuracy": metrics.get("eval_accuracy")}, cfg)
+    """The method's gate on the parent's and the new metrics (all of §6.7: a heuristic method
+    judges forget-set accuracy, MIA AUC and retained accuracy; ``accuracy`` is the eval one)."""
+    parent = dict(collected.get("parent_metrics") or {})
+    gate = method.gate(bound, {**parent, "accuracy": parent.get("eval_accuracy")},
+                       {**metrics, "accuracy": metrics.get("eval_accuracy")}, cfg)
+    metrics.update({k: v for k, v in (getattr(gate, "measured", None) or {}).items() if v is not None})
+    return gate
+
+
+def _fallback(ctx_method: ForgettingMethod, mm: Any, model: Model, data: dict, cfg, progress) -> tuple[Any, Any, Bound, str]:
+    """DESIGN §6.6, second remedy: zero + retrain where the family has ``zero`` (w_u := 0, refit
+    on D_r); otherwise ``retrain``: the recipe from a fresh initialisation on D_r. Exact, bound 0."""
+    if ctx_method.supports("zero") and ctx_method.supports("retrain"):
+        ctx_method.zero(mm)
+        result = ctx_method.train(mm, data["user"], cfg, progress)
+        return mm, result, ctx_method.bound(result, cfg, exact=True, method="retrain"), "zero+retrain"
+    if ctx_method.supports("retrain"):
+        fresh = ctx_method.build(_spec(model), cfg)
+        result = ctx_method.retrain(fresh, data["user"], cfg, core_source=data["core"], progress=progress)
+        return fresh, result, ctx_method.bound(result, cfg, exact=True, method="retrain"), "retrain"
+    raise ConfigError(f"{ctx_method.name} has no retrain fallback")
 
 
 def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict, solved: dict) -> dict:
@@ -366,14 +387,13 @@ def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict
                 gate = _gate(method, bound, collected, metrics, cfg)
                 gates["refined"] = {"tol": getattr(tighter, "tol", None), "iterations": result.iterations, "passed": gate.ok, "reasons": gate.reasons}
             if not gate.ok:
-                # Second remedy: zero + retrain (w_u := 0, refit from 0 on D_r): exact, bound 0.
-                log.warning("job %s failed its gates (%s): falling back to zero + retrain", job.id, "; ".join(gate.reasons))
-                if not (method.supports("zero") and method.supports("retrain")):
-                    raise ConfigError(f"job {job.id} failed its gates ({'; '.join(gate.reasons)}) and {method.name} has no zero + retrain fallback")
-                method.zero(mm)
-                result = method.train(mm, data["user"], cfg, progress)
-                bound = method.bound(result, cfg, exact=True, method="retrain")
-                fallback = {"to": "zero+retrain", "reasons": gates["reasons"] + gate.reasons}
+                # Second remedy: zero + retrain, or retrain from scratch (exact, bound 0).
+                log.warning("job %s failed its gates (%s): falling back", job.id, "; ".join(gate.reasons))
+                if not method.supports("retrain"):
+                    raise ConfigError(f"job {job.id} failed its gates ({'; '.join(gate.reasons)}) and {method.name} has no retrain fallback")
+                reasons = gates["reasons"] + (gate.reasons if "refined" in gates else [])
+                mm, result, bound, to = _fallback(method, mm, model, data, cfg, progress)
+                fallback = {"to": to, "reasons": reasons}
                 metrics = _measure(method, mm, data, cfg)
             private = _put_private(rt, method, mm, model)
     release_noise = solved.get("release_noise", True)

@@ -23,6 +23,7 @@ from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
 
 FORMAT = "lethe.mixed_linear/1"
+STANDARD_FORMAT = "lethe.standard/1"  # workers.unlearning.standard.FORMAT (that module imports this one's neighbours)
 
 
 def to_bytes(model: MixedLinearModel, user_override: dict[str, torch.Tensor] | None = None, metadata: dict[str, Any] | None = None) -> bytes:
@@ -71,6 +72,12 @@ def read_metadata(data: bytes) -> dict[str, str]:
 def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
                           architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     meta = read_metadata(data)
+    if meta.get("format") == STANDARD_FORMAT:  # a standard-family network: the plain nn.Module
+        from workers.unlearning.standard import from_bytes
+
+        standard = from_bytes(data, device=device, architectures=architectures)
+        standard.network.metadata = meta
+        return standard.network
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe mixed-linear weights file (format={meta.get('format')!r})")
     arch = meta.get("architecture")
@@ -100,6 +107,7 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", *,
                architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
-    """A ready ``torch.nn.Module`` computing f_ML, from the weights file and the architecture
-    registry (plus ``architectures``, builders passed explicitly by key)."""
+    """A ready ``torch.nn.Module`` from the weights file and the architecture registry (plus
+    ``architectures``, builders passed explicitly by key): f_ML for a mixed-linear file, the
+    network itself for a ``standard``-family file."""
     return load_model_from_bytes(Path(path).read_bytes(), device=device, architectures=architectures)

@@ -7,7 +7,7 @@ what ``workers.unlearning.standard.train`` runs and what the ``retrain`` fallbac
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,8 @@ from workers.unlearning.methods import MethodConfig
 
 
 class StandardConfig(MethodConfig):
+    families: ClassVar[frozenset[str]] = frozenset({"standard"})
+
     method: str
     # -- the training recipe (absurd values are refused at registration) -----------------------
     optimizer: Literal["sgd", "adam"] = Field("adam", description="torch.optim.SGD or torch.optim.Adam")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -9,6 +9,8 @@ from workers.unlearning.methods.recipe import StandardConfig
 
 class LCodecConfig(StandardConfig):
     """Settings of ``lcodec`` (DESIGN §14.1). σ = (γ/ε)·√(2 ln(1.25/δ)), γ = 2·M·L²·m²/(λ³·n²)."""
+
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     method: Literal["lcodec"] = "lcodec"
     perturbations: int = Field(64, ge=8, le=4096, description="P: perturbed copies of the forgotten batch (CODEC's sample size)")
