@@ -35,6 +35,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from service.core.db import read_session
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import repository as registry_repo
+from service.model_registry import service as registry_service
 from service.model_registry.samples import read_samples
 from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
 from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, out_of_memory, touch  # noqa: F401  (HOOKS: tests)
@@ -287,12 +289,32 @@ def _solve_retrain(ctx: SolveContext) -> Solved:
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg, exact=True, method="retrain"), trained_on_users=bool(len(user)))
 
 
+def _solve_checkpoint(ctx: SolveContext) -> Solved:
+    """An uploaded checkpoint (standard family): validated here, outside the API process. A bad
+    one leaves the model ``invalid`` with the reason, and the job fails without retrying."""
+    ctx.needs("import_checkpoint")
+    uri = (ctx.job.config or {}).get("checkpoint_uri")
+    try:
+        data = ctx.rt.store.read_bytes(uri, sha256=(ctx.job.config or {}).get("checkpoint_sha256"))
+        mm = ctx.method.import_checkpoint(_spec(ctx.model), data, ctx.cfg)
+        if len(ctx.data["user"]):
+            ctx.method.evaluate(mm, ctx.data["user"].subset(np.arange(min(len(ctx.data["user"]), 8))), ctx.cfg)
+    except (InvalidDataError, RuntimeError) as exc:
+        reason = f"checkpoint rejected: {exc}"
+        with ctx.rt.session_factory.begin() as session:
+            registry_service.mark_invalid(session, ctx.model.id, reason, actor="worker")
+        raise InvalidDataError(reason) from None
+    result = SimpleNamespace(iterations=0, operation="checkpoint", to_dict=lambda: {"operation": "checkpoint", "uri": uri})
+    return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+
+
 # What each job kind computes (DESIGN §4): the runner dispatches here, the method does the math.
 SOLVE_STEPS: dict[JobKind, Callable[[SolveContext], Solved]] = {
     JobKind.train: _solve_train,
     JobKind.forget: _solve_forget,
     JobKind.zero: _solve_zero,
     JobKind.retrain: _solve_retrain,
+    JobKind.checkpoint: _solve_checkpoint,
 }
 
 

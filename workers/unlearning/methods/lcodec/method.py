@@ -317,7 +317,13 @@ class LCodec:
         return res
 
     def supports(self, operation: str) -> bool:
-        return operation == "retrain"  # a standard network has no "zero" that keeps it useful
+        return operation in ("retrain", "import_checkpoint")  # a standard network has no "zero" that keeps it useful
+
+    def import_checkpoint(self, spec: ModelSpec, data: bytes, cfg: LCodecConfig) -> StandardModel:
+        """An uploaded ``state_dict`` (safetensors), checked against the architecture."""
+        model = standard.from_bytes(data, device=cfg.device, architecture=spec.architecture, architecture_config=spec.architecture_config)
+        model.selection, model.sigma = None, 0.0  # an upload carries no removal step
+        return model
 
     # -- release ------------------------------------------------------------------------------
     def bound(self, result: RemovalResult, cfg: LCodecConfig, *, exact: bool | None = None, method: str | None = None) -> Bound:
@@ -326,9 +332,10 @@ class LCodec:
         op = getattr(result, "operation", "forget")
         if exact or (exact is None and op == "retrain"):
             return exact_bound(method or "retrain", 0.0, 0.0, result.iterations)
-        residual = result.residual_norm if getattr(result, "applied", True) or op == "train" else math.inf
+        residual = getattr(result, "residual_norm", 0.0) if getattr(result, "applied", True) or op != "forget" else math.inf
         return Bound(method=self.name, guarantee=self.guarantee, residual_norm=float(residual), mu=float(getattr(result, "damping", 0.0)),
-                     noise_std=float(getattr(result, "sigma", 0.0)), iterations=int(result.iterations), kl_nats=math.inf, kl_bits=math.inf)
+                     noise_std=float(getattr(result, "sigma", 0.0)), iterations=int(getattr(result, "iterations", 0)),
+                     kl_nats=math.inf, kl_bits=math.inf)
 
     def refine(self, cfg: LCodecConfig) -> None:
         return None  # a failed gate goes straight to the retrain fallback
