@@ -21,9 +21,10 @@ from safetensors.torch import load, save
 from workers.unlearning.errors import ConfigError
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
+from workers.unlearning.standard import FORMAT as STANDARD_FORMAT
+from workers.unlearning.standard import from_bytes as standard_from_bytes
 
 FORMAT = "lethe.mixed_linear/1"
-STANDARD_FORMAT = "lethe.standard/1"  # workers.unlearning.standard.FORMAT (that module imports this one's neighbours)
 
 
 def to_bytes(model: MixedLinearModel, user_override: dict[str, torch.Tensor] | None = None, metadata: dict[str, Any] | None = None) -> bytes:
@@ -73,9 +74,7 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
                           architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     meta = read_metadata(data)
     if meta.get("format") == STANDARD_FORMAT:  # a standard-family network: the plain nn.Module
-        from workers.unlearning.standard import from_bytes
-
-        standard = from_bytes(data, device=device, architectures=architectures)
+        standard = standard_from_bytes(data, device=device, architectures=architectures)
         standard.network.metadata = meta
         return standard.network
     if meta.get("format") != FORMAT:

@@ -29,8 +29,8 @@ from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.evaluation import auc
 from workers.unlearning.linearized import resolve_device
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
-from workers.unlearning.serialization import STANDARD_FORMAT as FORMAT
 
+FORMAT = "lethe.standard/1"
 Progress = Callable[[dict], None] | None
 
 
