@@ -163,3 +163,25 @@ def test_bad_input_at_the_door(committed_app, settings):
         assert api.post("/v1/models/std/checkpoint", content=st_save({"a": torch.zeros(1)}), headers={**ST, **api.auth(role)}).status_code == 403
     jobs = api.get("/v1/jobs", headers=api.auth("operator")).json()
     assert jobs["items"] == []  # nothing was started by any refused upload
+
+
+def test_the_checkpoint_route_has_its_own_body_limit(committed_app, settings):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    api = committed_app
+    assert _register(api).status_code == 201
+    # the general limit is below the checkpoint, the checkpoint's own limit above it: accepted
+    body = st_save({"a": torch.zeros(600)})
+    roomy = settings.model_copy(update={"api": settings.api.model_copy(update={"max_body_bytes": 1000, "max_checkpoint_bytes": 10_000})})
+    tight = settings.model_copy(update={"api": settings.api.model_copy(update={"max_body_bytes": 100_000, "max_checkpoint_bytes": 1000})})
+    with TestClient(create_app(roomy)) as c:
+        r = c.post("/v1/models/std/checkpoint", content=body, headers={**ST, **api.auth("admin")})
+        assert r.status_code == 202, r.text
+    with TestClient(create_app(tight)) as c:
+        r = c.post("/v1/models/std/checkpoint", content=body, headers={**ST, **api.auth("admin")})
+        assert r.status_code == 413 and "1000 bytes" in r.json()["detail"]
+        # the samples route keeps the general limit
+        ok = c.post("/v1/models/std/samples", json={"samples": []}, headers=api.auth("admin"))
+        assert ok.status_code != 413
