@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pipeline_support import file_request, ingest, make_data, register_model
+from pipeline_support import forget_job, ingest, make_data, register_model
 from sqlalchemy import select
 
 from service.job import service as job_service
-from service.models import AuditEvent, JobKind, Model, ModelVersion
+from service.models import AuditEvent, JobKind, ModelVersion
 from workers.execution.run import run_job
 from workers.unlearning import register, unregister
 from workers.unlearning.data import TensorSource
@@ -35,15 +35,6 @@ def _standard(rt, name="std", method="lcodec", **config):
     return model_id, data
 
 
-def _forget(rt, model_id, *subjects):
-    with rt.session_factory.begin() as s:
-        model = s.get(Model, model_id)
-        for subj in subjects:
-            file_request(s, model, subj)
-        job_id = job_service.forget_now(s, rt.settings, model, "test").id
-    return run_job(rt, job_id)
-
-
 def _versions(s, model_id):
     return s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number)).scalars().all()
 
@@ -59,7 +50,7 @@ def _retrained(data, gone: set[str], **config):
 
 def test_lcodec_release_is_gated_heuristic_and_noised_on_theta_s_only(rt):
     model_id, _ = _standard(rt, max_forget_gap=1.0, max_mia_gap=0.5, max_accuracy_drop=1.0, max_retain_drop=1.0)
-    assert _forget(rt, model_id, "subject-003", "subject-007") == "succeeded"
+    assert run_job(rt, forget_job(rt, model_id, "subject-003", "subject-007")) == "succeeded"
     with rt.session_factory() as s:
         v1, v2 = _versions(s, model_id)
         assert v1.state == "revoked" and v2.state == "live"
@@ -107,7 +98,7 @@ def broken():
 
 def test_a_broken_heuristic_method_fails_the_gates_and_falls_back_to_an_audited_retrain(rt, broken):
     model_id, data = _standard(rt, method="broken_lcodec")
-    assert _forget(rt, model_id, "subject-004") == "succeeded"
+    assert run_job(rt, forget_job(rt, model_id, "subject-004")) == "succeeded"
     with rt.session_factory() as s:
         v2 = _versions(s, model_id)[-1]
         assert v2.bound["guarantee"] == "exact" and v2.bound["fallback"]["to"] == "retrain"
