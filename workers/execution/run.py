@@ -303,9 +303,19 @@ def _solve_checkpoint(ctx: SolveContext) -> Solved:
         reason = f"checkpoint rejected: {exc}"
         with ctx.rt.session_factory.begin() as session:
             registry_service.mark_invalid(session, ctx.model.id, reason, actor="worker")
+        _discard_upload(ctx.rt, ctx.job)
         raise InvalidDataError(reason) from None
     result = SimpleNamespace(iterations=0, operation="checkpoint", to_dict=lambda: {"operation": "checkpoint", "uri": uri})
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+
+
+def _discard_upload(rt: Runtime, job: Job) -> None:
+    """An uploaded checkpoint is user data (weights trained on the subjects): once it is
+    published (its weights live on as the version's private artifact) or rejected, the upload
+    itself is deleted, so no copy outlives a later forget."""
+    uri = (job.config or {}).get("checkpoint_uri")
+    if uri:
+        rt.store.delete(uri)
 
 
 # What each job kind computes (DESIGN §4): the runner dispatches here, the method does the math.
@@ -468,6 +478,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
                                 _evaluate(rt, job, attempt, model, cp["collect"], cp["solve"]))
             hook("before_publish", job)
             publish(rt, job_id, attempt, cp)
+            if JobKind(job.kind) is JobKind.checkpoint:
+                _discard_upload(rt, job)
         return JobStatus.succeeded.value
     except JobAbandoned as exc:
         log.warning("job %s attempt %s abandoned: %s", job_id, attempt, exc)

@@ -5,6 +5,8 @@ model with the reason when the worker finds the checkpoint unusable."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 import torch
@@ -12,7 +14,7 @@ from pipeline_support import make_data
 from safetensors.torch import save as st_save
 from sqlalchemy import select
 
-from service.models import AuditEvent
+from service.models import AuditEvent, Job
 from workers.client import LetheClient
 from workers.execution.run import run_job
 from workers.runtime import Runtime
@@ -70,7 +72,12 @@ def _upload(api, rt, name, tensors) -> tuple[int, str]:
     r = api.post(f"/v1/models/{name}/checkpoint", content=st_save(tensors), headers={**ST, **api.auth("admin")})
     assert r.status_code == 202, r.text
     assert r.json()["kind"] == "checkpoint"
-    return r.status_code, run_job(rt, r.json()["id"])
+    with rt.session_factory() as s:
+        uri = s.get(Job, uuid.UUID(r.json()["id"])).config["checkpoint_uri"]
+    assert rt.store.exists(uri)  # streamed to the store, not parsed by the API
+    status = run_job(rt, r.json()["id"])
+    assert not rt.store.exists(uri)  # published or rejected: the upload itself is not kept
+    return r.status_code, status
 
 
 def test_register_checkpoint_forget_and_pull_over_http(committed_app, rt, tmp_path):
