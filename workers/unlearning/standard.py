@@ -194,6 +194,7 @@ def from_bytes(data: bytes, device: str | torch.device = "cpu", *, architectures
         meta = _metadata(data)
     except Exception as exc:  # noqa: BLE001 - any parse failure of untrusted bytes is bad input
         raise InvalidDataError(f"not a safetensors file: {exc}") from None
+    lethe_file = architecture is None  # a file Lethe wrote may carry private ``lethe.*`` tensors; an upload may not
     if architecture is None:
         if meta.get("format") != FORMAT:
             raise ConfigError(f"not a Lethe standard weights file (format={meta.get('format')!r})")
@@ -206,8 +207,8 @@ def from_bytes(data: bytes, device: str | torch.device = "cpu", *, architectures
     except ConfigError as exc:
         raise ConfigError(f"refusing to load this weights file: {exc}") from None
     net = build_network(architecture, architecture_config, architectures={architecture: builder})
-    private = {k[len("lethe."):]: v for k, v in tensors.items() if k.startswith("lethe.")}
-    state = {k: v for k, v in tensors.items() if not k.startswith("lethe.")}
+    private = {k[len("lethe."):]: v for k, v in tensors.items() if lethe_file and k.startswith("lethe.")}
+    state = {k: v for k, v in tensors.items() if not (lethe_file and k.startswith("lethe."))}
     problems = check_state_dict(net, state)
     if problems:
         raise InvalidDataError("the checkpoint does not fit the architecture: " + "; ".join(problems[:10])
