@@ -62,3 +62,4 @@ def test_method_contract(name, tmp_path):
     exact = tmp_path / "exact.safetensors"
     save_weights(exact, m1)
     assert torch.equal(load_model(exact)(x), m1(x))
+
