@@ -29,7 +29,6 @@ the retrain). ``speedup`` = retrain seconds / forget seconds. Writes ``<out>/rea
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import platform
@@ -242,12 +241,6 @@ def run_library(d: dict, sz: dict, args, device: torch.device) -> dict:
 
 
 # ----------------------------------------------------------------------------- service mode
-def npz(x, y, subjects, split) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, x=x, labels=y, subject_ids=np.array(subjects), split=np.array(split))
-    return buf.getvalue()
-
-
 def _seconds(a: str, b: str) -> float:
     from datetime import datetime
 
@@ -255,38 +248,14 @@ def _seconds(a: str, b: str) -> float:
 
 
 def run_service(d: dict, sz: dict, args, device: torch.device) -> dict:
-    import tempfile
-
     import httpx
-    import psycopg
 
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    import procs  # process helpers shared with the integration tests
+    import stack  # puts tests/integration (procs) on the path
 
-    from service.core import migrate
-    from service.core.config import DatabaseSettings
-    from service.core.db import make_engine, make_session_factory
-    from service.core.security import create_token
-    from service.models import Role
+    import procs
 
-    db = "lethe_bench_realistic"
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db}"')
-    migrate.upgrade(url)
-    engine = make_engine(DatabaseSettings(url=url))
-    with make_session_factory(engine).begin() as s:
-        _, token = create_token(s, Role.admin, "bench")
-    engine.dispose()
-    procs.flush_redis()
-    tmp = Path(tempfile.mkdtemp(prefix="lethe-bench-realistic-"))
-    env = procs.env_for(url, tmp / "artifacts", LETHE_PIPELINE__HEARTBEAT_TIMEOUT_S="120")
-    port = procs.free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    running = [procs.api(env, tmp, port).start(), procs.worker(env, tmp).start(), procs.beat(env, tmp).start()]
+    base_url, token, running = stack.start("lethe_bench_realistic", LETHE_PIPELINE__HEARTBEAT_TIMEOUT_S="120")
     try:
-        procs.wait_http(base_url)
         c = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
         mc = method_config(sz, device.type, args, args.dtypes[0])
         spec = {"name": "realistic", "architecture": "cnn", "architecture_config": arch_config(sz), "input_shape": [1, SIDE, SIDE],
@@ -296,7 +265,7 @@ def run_service(d: dict, sz: dict, args, device: torch.device) -> dict:
             x, y = d[split]
             subj = d["user_subjects"] if split == "user" else np.array([f"{split}-{i}" for i in range(len(y))])
             for s in range(0, len(y), 10_000):  # uploads stay under the body limit
-                body = npz(x[s : s + 10_000], y[s : s + 10_000], subj[s : s + 10_000], split)
+                body = stack.npz(x[s : s + 10_000], y[s : s + 10_000], subj[s : s + 10_000], split)
                 c.post("/v1/models/realistic/samples", content=body, headers={"content-type": "application/x-npz"}).raise_for_status()
         t = time.perf_counter()
         job = c.post("/v1/models/realistic/train").json()
