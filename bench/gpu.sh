@@ -34,7 +34,7 @@ if [ "$DEVICE" = cpu ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then 
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   [ "$DEVICE" = cpu ] && { echo "FAILED: $PY has no torch (PYTHON=... names another interpreter)"; exit 1; }
   echo "$PY has no torch: trying a venv with torch==2.13.0 (needs a package registry)"
-  if timeout 240 "$PY" -m venv /tmp/lethe-venv && timeout 240 /tmp/lethe-venv/bin/pip install -q torch==2.13.0 numpy safetensors \
+  if timeout 30 "$PY" -m venv /tmp/lethe-venv && timeout 150 /tmp/lethe-venv/bin/pip install -q torch==2.13.0 numpy safetensors \
       pydantic scikit-learn pytest hypothesis; then
     PY=/tmp/lethe-venv/bin/python
   else
@@ -51,7 +51,7 @@ if ! "$PY" -c 'import pydantic' 2>/dev/null; then
     echo "pydantic missing and no .whl/ here: run 'make gpu-wheels' where PyPI is reachable and carry .whl"
   fi
 fi
-timeout 120 "$PY" - <<'EOF' || failed+=("environment")
+timeout 60 "$PY" - <<'EOF' || failed+=("environment")
 import importlib, os, platform
 
 import torch
@@ -78,12 +78,12 @@ EOF
 step "CUDA tests (pytest -m gpu; skipped without CUDA)"
 # only the library's test files (the others need the service stack); warnings are not errors on a
 # foreign stack (the image's torch is not the pinned one)
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/workers/unlearning -W default -m gpu -rs \
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/workers/unlearning -W default -m gpu -rs \
   tests/workers/unlearning/test_unlearning_devices.py tests/workers/unlearning/test_unlearning_paths.py || failed+=("CUDA tests")
 
 step "realistic benchmark, library part ($DEVICE)"
 if [ "$DEVICE" = cuda ]; then
-  timeout 330 "$PY" bench/realistic.py --library --device cuda --out "$OUT" || failed+=("realistic benchmark")
+  timeout 270 "$PY" bench/realistic.py --library --device cuda --out "$OUT" || failed+=("realistic benchmark")
 else
   timeout 600 "$PY" bench/realistic.py --library --quick --device cpu --dtypes float64,float32 --out "$OUT" || failed+=("realistic benchmark")
 fi

@@ -275,6 +275,8 @@ def run_service(d: dict, sz: dict, args, device: torch.device) -> dict:
         if train["status"] != "succeeded":
             raise SystemExit(f"train job failed: {train['error']}\n{running[1].tail()}")
         t_train = time.perf_counter() - t
+        # requests arrive once the worker is idle again (its task ends after the job's publish)
+        procs.wait_for(lambda: f"job.run[{job['id']}] succeeded" in running[1].log.read_text(), 300, "the worker to finish the train task")
         before = c.get("/v1/models/realistic/versions/latest").json()
 
         subjects, keep = forget_batch(d, args.subjects)
