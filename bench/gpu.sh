@@ -29,8 +29,8 @@ step() { printf '\n=== %s (%s UTC)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 step "machine"
 nvidia-smi || echo "nvidia-smi: not available"
-echo "python: $(command -v "$PY") ($("$PY" -V 2>&1))"
 if [ "$DEVICE" = cpu ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi  # the dry run: the project's venv
+echo "python: $(command -v "$PY") ($("$PY" -V 2>&1))"
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   [ "$DEVICE" = cpu ] && { echo "FAILED: $PY has no torch (PYTHON=... names another interpreter)"; exit 1; }
   echo "$PY has no torch: trying a venv with torch==2.13.0 (needs a package registry)"
