@@ -20,7 +20,7 @@ class MixedLinearConfig(MethodConfig):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where new models are built (build_model)")
     dtype: Literal["auto", "float64", "float32"] = Field(
         "auto", description="dtype of the network and the user weights: auto = float64 on CPU, float32 on CUDA (CG scalars and "
-        "reductions are always float64). float32 user weights floor the gradient norm near 1e-8, so the certified bound can miss "
+        "reductions are always float64). float32 user weights floor the gradient norm at 1e-8 to 1e-7, so the certified bound can miss "
         "max_kl_per_release (then the job falls back to zero + retrain): choose float64 for certified forgets on CUDA",
     )
     precondition: bool = Field(False, description="Jacobi-precondition CG (explicit path only; the benchmark found it slower on MLPs)")
