@@ -166,6 +166,10 @@ class JobSettings(BaseModel):
     # CPU priority of a job's process (os.nice increment, 0-19): where jobs share cores with the
     # API (embedded mode), the API keeps answering promptly while a job computes.
     nice: int = Field(10, ge=0, le=19)
+    # Keep one job process started ahead (Python, torch and the job code imported; no job, no
+    # data, no database connection) so the next job does not wait for a process to start and
+    # import: most of a small forget's latency otherwise. It holds that memory while idle.
+    warm_process: bool = True
 
 
 class Settings(BaseSettings):
