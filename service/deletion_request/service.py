@@ -60,6 +60,7 @@ from service.deletion_request import repository as repo
 from service.deletion_request.schemas import DeletionRequestCreate, DeletionRequestPage, DeletionRequestRead
 from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, RequestStatus
 from service.models._types import utcnow
+from service.webhook import events
 
 DEFAULT_SLA_DAYS = 30
 AUTO_APPROVER = "policy:auto_approve"
@@ -266,6 +267,7 @@ def create_request(
     for _ in range(3):
         if repo.try_insert(session, values):
             row = DeletionRequest(**values)
+            events.request_changed(session, row, None, now=now)
             return CreateResult(to_read(row, model_name, None, now), "created")
         if idempotency_key is not None:
             existing = repo.by_idempotency_key(session, idempotency_key)
@@ -354,6 +356,7 @@ def close_request(
     if status not in FINAL_STATUSES:
         raise ValueError(f"{status.value} is not a final status")
     now = now or utcnow()
+    previous = row.status
     row.status = status.value
     row.updated_at = now
     if status is RequestStatus.completed:
@@ -363,6 +366,7 @@ def close_request(
     mark_erased(session)  # embedded SQLite: scrub the WAL of the raw id after this commits
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+    events.request_changed(session, row, previous, now=now)
 
 
 # action -> (statuses it may start from, status it leads to, audit event kind)
@@ -438,6 +442,7 @@ def transition(
         row.open_key = open_key_for(row.subject_key, row.model_id, row.client_id)
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+    events.request_changed(session, row, current.value, now=now)
     return _read_row(session, row)
 
 

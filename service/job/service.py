@@ -48,6 +48,7 @@ from service.models import (
     RequestStatus,
 )
 from service.models._types import utcnow
+from service.webhook import events
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
@@ -139,7 +140,9 @@ def create_job(
                 .where(DeletionRequest.id.in_(part))
                 .values(status=RequestStatus.processing.value, job_id=job.id, updated_at=utcnow())
             )
+            events.requests_changed(session, part, RequestStatus.processing.value, RequestStatus.queued.value)
     enqueue_run(session, job)
+    events.job_changed(session, job, None)
     append_event(
         session,
         actor=actor,
@@ -249,6 +252,7 @@ def requeue_requests(session: Session, settings: Settings, job: Job, error: str)
     for req in repo.processing_requests(session, job.id):
         req.attempts = (req.attempts or 0) + 1
         req.job_id = None
+        previous = req.status
         if req.attempts >= settings.pipeline.request_max_attempts:
             req.status = RequestStatus.failed.value
             req.error = f"job {job.id} failed: {error}"[:2000]
@@ -257,10 +261,13 @@ def requeue_requests(session: Session, settings: Settings, job: Job, error: str)
                          payload={"request_id": str(req.id), "job_id": str(job.id), "attempts": req.attempts})
         else:
             req.status = RequestStatus.queued.value
+        events.request_changed(session, req, previous)
 
 
 def fail_job(session: Session, settings: Settings, job: Job, error: str) -> None:
-    """End a job ``failed`` (visible, with its error) and hand its requests back."""
+    """End a job ``failed`` (visible, with its error) and hand its requests back. With
+    ``pipeline.stop_the_line`` the model's line stops until an operator acknowledges it."""
+    previous = job.status
     job.status = JobStatus.failed.value
     job.active_key = None
     job.error = error[:4000]
@@ -269,6 +276,9 @@ def fail_job(session: Session, settings: Settings, job: Job, error: str) -> None
     requeue_requests(session, settings, job, error)
     append_event(session, actor=WORKER, kind="job.failed",
                  payload={"job_id": str(job.id), "kind": job.kind, "attempts": job.attempts, "error": error[:500]})
+    events.job_changed(session, job, previous)
+    if settings.pipeline.stop_the_line:
+        events.emit(session, events.LINE_STOPPED, {"job_id": str(job.id), "model": events._model_name(session, job.model_id)})
 
 
 def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: str) -> Job:
@@ -295,6 +305,7 @@ def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: st
         for r in reqs:
             r.status = RequestStatus.processing.value
             r.job_id = job.id
+            events.request_changed(session, r, RequestStatus.queued.value)
         config["request_ids"] = [str(r.id) for r in reqs]
     job.config = config
     job.status = JobStatus.queued.value
@@ -312,6 +323,7 @@ def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: st
     except IntegrityError:
         raise _active_conflict(model, None) from None
     enqueue_run(session, job)
+    events.job_changed(session, job, JobStatus.failed.value)
     append_event(session, actor=actor, kind="job.retried", payload={"job_id": str(job.id), "requests": len(config.get("request_ids", []))})
     return job
 
@@ -365,10 +377,13 @@ def claim(session: Session, settings: Settings, job_id: uuid.UUID, *, now: datet
     if exhausted(job):
         fail_job(session, settings, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
         return None
+    previous = job.status
     job.attempts += 1
     job.status = JobStatus.running.value
     job.started_at = job.started_at or now
     job.heartbeat_at = now
+    if previous != job.status:
+        events.job_changed(session, job, previous)
     return job.attempts
 
 
@@ -419,6 +434,7 @@ def record_failure(session: Session, settings: Settings, job_id: uuid.UUID, atte
     job.status = JobStatus.queued.value
     job.progress = {**(job.progress or {}), "retrying": True}
     enqueue_run(session, job)
+    events.job_changed(session, job, JobStatus.running.value)
     return "retrying"
 
 
@@ -444,9 +460,12 @@ def requeue_stale(session: Session, settings: Settings, now: datetime) -> dict[s
             fail_job(session, settings, job, job.error or f"{why}; gave up after {job.attempts} attempts")
             out["failed"] += 1
             continue
+        previous = job.status
         job.status = JobStatus.queued.value
         job.error = f"{why}; re-sent by the sweeper"
         enqueue_run(session, job)
+        if previous != job.status:
+            events.job_changed(session, job, previous)
         out["requeued"] += 1
     return out
 
@@ -463,6 +482,7 @@ def succeed_job(session: Session, settings: Settings, job: Job, version_id: int,
     job.metrics = metrics
     job.finished_at = now
     job.progress = {"step": "publish", "done": True, "version": number}
+    events.job_changed(session, job, JobStatus.running.value)
     if job.kind == JobKind.zero.value and (job.config or {}).get("then_retrain"):
         session.flush()
         model = session.get(Model, job.model_id)

@@ -59,6 +59,15 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/v1/tokens"): {"admin"},
     ("POST", "/v1/tokens"): {"admin"},
     ("POST", "/v1/tokens/{token_id}/revoke"): {"admin"},
+    # webhooks: every role that learns of changes subscribes (its own client's; admins see all)
+    ("GET", "/v1/webhooks"): {"requester", "operator", "auditor", "admin"},
+    ("POST", "/v1/webhooks"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/event-types"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("DELETE", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"requester", "operator", "auditor", "admin"},
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): {"requester", "operator", "auditor", "admin"},
     # operations
     ("GET", "/metrics"): {"operator", "auditor", "admin"},
     ("GET", "/healthz"): PUBLIC,
@@ -73,6 +82,8 @@ _PARAMS = {
     "alias": "production",
     "subject_id": "someone-1",
     "token_id": "987654",
+    "webhook_id": "987654",
+    "delivery_id": "987654",
 }
 # A body that passes validation where the route authenticates after validating (the intake
 # hot path does both in one step; see its docstring). Elsewhere an empty JSON object.
@@ -85,9 +96,9 @@ def _routes(app) -> set[tuple[str, str]]:
 
 def _call(client, method: str, path: str, headers: dict[str, str]):
     url = path.format(**{k: v for k, v in _PARAMS.items() if "{" + k + "}" in path})
-    if method == "GET":
-        return client.get(url, headers=headers)
-    return client.post(url, json=_BODIES.get((method, path), {}), headers=headers)
+    if method in ("GET", "DELETE"):
+        return client.request(method, url, headers=headers)
+    return client.request(method, url, json=_BODIES.get((method, path), {}), headers=headers)
 
 
 def test_every_route_has_an_explicit_rule(client):
