@@ -69,6 +69,10 @@ class NothingToForget(Conflict):
     type, title = "nothing-to-forget", "No queued deletion requests for this model"
 
 
+class NotAcknowledgeable(Conflict):
+    type, title = "job-not-acknowledgeable", "Only a failed job not yet acknowledged can be acknowledged"
+
+
 class NothingToRetry(Conflict):
     type, title = "nothing-to-retry", "The job's requests were completed or taken by another job"
 
@@ -199,12 +203,15 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
     jobs: list[Job] = []
     if not per_model:
         return jobs
+    # Stop the line: a model with an unacknowledged failed job is not scheduled automatically
+    # (an operator's "run now" still is).
+    stopped = repo.stopped_model_ids(session) if settings.pipeline.stop_the_line else set()
     models = {m.id: m for m in session.execute(select(Model).where(Model.id.in_(list(per_model)))).scalars()}
     for model_id, reqs in per_model.items():
         model = models.get(model_id)
-        if model is None or model_id in busy:
-            continue
         forced = force_model_id == model_id
+        if model is None or model_id in busy or (model_id in stopped and not forced):
+            continue
         oldest = min(_aware(r.created_at) for r in reqs)
         due = forced or len(reqs) >= model.batch_size or now - oldest >= timedelta(seconds=model.batch_window_s)
         if not due:
@@ -325,6 +332,29 @@ def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: st
     enqueue_run(session, job)
     events.job_changed(session, job, JobStatus.failed.value)
     append_event(session, actor=actor, kind="job.retried", payload={"job_id": str(job.id), "requests": len(config.get("request_ids", []))})
+    return job
+
+
+def acknowledge_failure(session: Session, job_id: uuid.UUID, *, actor: str, reason: str) -> Job:
+    """An operator has looked at a failed job: the model's line runs again (approvals and
+    scheduling), audited and announced. 409 :class:`NotAcknowledgeable` unless the job is failed
+    and not acknowledged yet."""
+    job = repo.job_for_update(session, job_id)
+    if job is None:
+        raise JobNotFound(f"No job with id {job_id}", job_id=str(job_id))
+    if job.status != JobStatus.failed.value or job.acknowledged_at is not None:
+        raise NotAcknowledgeable(
+            f"Job {job_id} is {job.status}" + (f", acknowledged by {job.acknowledged_by}" if job.acknowledged_at else ""),
+            current_status=job.status,
+        )
+    job.acknowledged_at = utcnow()
+    job.acknowledged_by = actor
+    job.acknowledge_reason = reason
+    session.flush()
+    model = events._model_name(session, job.model_id)
+    append_event(session, actor=actor, kind="job.acknowledged", payload={"job_id": str(job.id), "model": model, "reason": reason})
+    events.emit(session, events.JOB_ACKNOWLEDGED, {"job_id": str(job.id), "model": model, "reason": reason,
+                                                   "line_stopped": repo.unacknowledged_failure(session, job.model_id) is not None})
     return job
 
 

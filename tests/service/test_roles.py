@@ -29,6 +29,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/deletion-requests/{request_id}/approve"): {"operator", "admin"},
     ("POST", "/v1/deletion-requests/{request_id}/deny"): {"operator", "admin"},
     ("POST", "/v1/deletion-requests/{request_id}/retry"): {"operator", "admin"},
+    ("POST", "/v1/deletion-requests/{request_id}/extend"): {"operator", "admin"},
     # models: only admins register, ingest and train; metadata readable by all roles
     ("POST", "/v1/models"): {"admin"},
     ("GET", "/v1/models"): ALL,
@@ -45,6 +46,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/models/{name}/forget-now"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/zero"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/retry"): {"operator", "admin"},
+    ("POST", "/v1/jobs/{job_id}/acknowledge"): {"operator", "admin"},
     ("GET", "/v1/jobs"): {"operator", "auditor", "admin"},
     ("GET", "/v1/jobs/{job_id}"): {"operator", "auditor", "admin"},
     # audit and receipts
