@@ -98,10 +98,10 @@ def upgrade() -> None:
     sa.Column('received_time', TS, nullable=False),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id']),
     sa.ForeignKeyConstraint(['request_id'], ['deletion_requests.id']),
-    sa.PrimaryKeyConstraint('subject_request_id'),
-    sa.UniqueConstraint('request_id')
+    sa.PrimaryKeyConstraint('subject_request_id')
     )
     op.create_index(op.f('ix_opendsr_requests_client_id'), 'opendsr_requests', ['client_id'], unique=False)
+    op.create_index(op.f('ix_opendsr_requests_request_id'), 'opendsr_requests', ['request_id'], unique=False)
     with op.batch_alter_table('deletion_requests', schema=None) as batch_op:
         batch_op.add_column(sa.Column('extended_at', TS, nullable=True))
         batch_op.add_column(sa.Column('extended_by', sa.String(length=200), nullable=True))
@@ -121,6 +121,7 @@ def downgrade() -> None:
         batch_op.drop_column('extension_reason')
         batch_op.drop_column('extended_by')
         batch_op.drop_column('extended_at')
+    op.drop_index(op.f('ix_opendsr_requests_request_id'), table_name='opendsr_requests')
     op.drop_index(op.f('ix_opendsr_requests_client_id'), table_name='opendsr_requests')
     op.drop_table('opendsr_requests')
     op.drop_index(op.f('ix_webhook_attempts_delivery_id'), table_name='webhook_attempts')

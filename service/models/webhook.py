@@ -94,14 +94,15 @@ class WebhookAttempt(Base):
 
 
 class OpenDsrRequest(Base):
-    """An OpenDSR erasure request (DESIGN §12): the controller's ``subject_request_id`` (unique
-    per client: the idempotency key) mapped onto one deletion request, with its callback URLs."""
+    """An OpenDSR erasure request (DESIGN §12): the controller's ``subject_request_id`` (the
+    idempotency key) mapped onto one deletion request, with its callback URLs."""
 
     __tablename__ = "opendsr_requests"
 
     subject_request_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"), index=True)
-    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deletion_requests.id"), unique=True)
+    # Not unique: two OpenDSR requests for one subject may merge into one deletion request.
+    request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deletion_requests.id"), index=True)
     status_callback_urls: Mapped[list[str]] = mapped_column(JSONType, default=list)
     regulation: Mapped[str] = mapped_column(String(16))
     submitted_time: Mapped[datetime] = mapped_column(TZDateTime)

@@ -68,18 +68,18 @@ def fan_out(session: Session, settings: Settings, *, now: datetime | None = None
         return 0
     subs = list(session.execute(select(WebhookSubscription).where(WebhookSubscription.active.is_(True))).scalars())
     request_ids = {uuid.UUID(e.data["request_id"]) for e in evs if e.type == events.REQUEST_STATUS}
-    dsr = {}
+    dsr: dict[uuid.UUID, list[OpenDsrRequest]] = {}
     if request_ids:
-        dsr = {o.request_id: o for o in session.execute(
-            select(OpenDsrRequest).where(OpenDsrRequest.request_id.in_(list(request_ids)))).scalars()}
+        for o in session.execute(select(OpenDsrRequest).where(OpenDsrRequest.request_id.in_(list(request_ids)))).scalars():
+            dsr.setdefault(o.request_id, []).append(o)
     for ev in evs:
         body = None
         for sub in subs:
             if ev.type in sub.event_types and (sub.all_clients or (ev.client_id is not None and ev.client_id == sub.client_id)):
                 body = body or standard_body(ev)
                 session.add(_new_delivery(ev, STANDARD, sub.url, body, now, sub.id))
-        od = dsr.get(uuid.UUID(ev.data["request_id"])) if ev.type == events.REQUEST_STATUS else None
-        if od is not None:
+        mapped = dsr.get(uuid.UUID(ev.data["request_id"]), []) if ev.type == events.REQUEST_STATUS else []
+        for od in mapped:
             for url in od.status_callback_urls:
                 session.add(_new_delivery(ev, OPENDSR, url, _dumps(opendsr_callbacks.body(od, ev.data, url)), now))
         ev.fanned_out_at = now

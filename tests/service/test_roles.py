@@ -70,6 +70,12 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("DELETE", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"requester", "operator", "auditor", "admin"},
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): {"requester", "operator", "auditor", "admin"},
+    # OpenDSR: controllers are requesters (their client owns the requests)
+    ("GET", "/opendsr/discovery"): PUBLIC,
+    ("GET", "/opendsr/cert.pem"): PUBLIC,
+    ("POST", "/opendsr/requests"): {"requester", "admin"},
+    ("GET", "/opendsr/requests/{subject_request_id}"): {"requester", "admin"},
+    ("DELETE", "/opendsr/requests/{subject_request_id}"): {"requester", "admin"},
     # operations
     ("GET", "/metrics"): {"operator", "auditor", "admin"},
     ("GET", "/healthz"): PUBLIC,
@@ -86,6 +92,7 @@ _PARAMS = {
     "token_id": "987654",
     "webhook_id": "987654",
     "delivery_id": "987654",
+    "subject_request_id": str(uuid.uuid4()),
 }
 # A body that passes validation where the route authenticates after validating (the intake
 # hot path does both in one step; see its docstring). Elsewhere an empty JSON object.

@@ -222,18 +222,15 @@ def test_update_and_delete(client, db, receiver) -> None:
     ],
 )
 def test_bad_subscriptions_are_refused_and_nothing_is_written(client, db, settings, body, status, type_) -> None:
-    from service.main import create_app
-
-    strict = settings.model_copy(update={"webhooks": settings.webhooks.model_copy(update={"allow_private_targets": False})})
-    app = create_app(strict)
-    with type(client)(app) as c:
-        app.state.session_factory = db.info["factory"]
-        before = (_count(db, WebhookSubscription), _count(db, AuditEvent))
-        r = c.post("/v1/webhooks", json=body, headers=client.auth("requester"))
-        assert r.status_code == status, r.text
-        assert r.headers["content-type"].startswith("application/problem+json")
-        assert r.json()["type"].endswith(type_)
-        assert (_count(db, WebhookSubscription), _count(db, AuditEvent)) == before
+    # the routes read the app's settings per request: the same app, stricter settings
+    client.app.state.settings = settings.model_copy(
+        update={"webhooks": settings.webhooks.model_copy(update={"allow_private_targets": False})})
+    before = (_count(db, WebhookSubscription), _count(db, AuditEvent))
+    r = client.post("/v1/webhooks", json=body, headers=client.auth("requester"))
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["type"].endswith(type_)
+    assert (_count(db, WebhookSubscription), _count(db, AuditEvent)) == before
 
 
 def test_operator_subscriptions_get_job_and_all_clients_events(client, db, receiver) -> None:
