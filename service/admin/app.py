@@ -149,7 +149,8 @@ def create_admin_app(settings: Settings) -> FastAPI:
     admin.add_middleware(SecurityHeaders)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(prefix=PREFIX, actions_from=ACTIONS_FROM, sla_amber=queries.SLA_AMBER_DAYS,
-                                 sla_red=queries.SLA_RED_DAYS, sla_level=queries.sla_level, number=_number)
+                                 sla_red=queries.SLA_RED_DAYS, sla_level=queries.sla_level, number=_number,
+                                 sla_extension_max=settings.pipeline.sla_extension_max_days)
     admin.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     secret = settings.security.secret_key
     max_age = settings.security.session_max_age_s
@@ -581,4 +582,7 @@ def create_admin_app(settings: Settings) -> FastAPI:
             result = verify_chain(db)
             return render(request, "audit.html", me, verification=result, **audit_page_data(db, 0, "", ""))
 
+    from service.admin import webhooks_view
+
+    webhooks_view.install(admin, templates, settings, webhooks_view.Plumbing(render, need, check_post, redirect, factory, BadInput))
     return admin

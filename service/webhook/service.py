@@ -89,22 +89,23 @@ def create(session: Session, settings: Settings, data: WebhookCreate, who: Princ
     return WebhookCreated(**_read(sub).model_dump(), secret=secret)
 
 
-def _find(session: Session, webhook_id: int, who: Principal, *, lock: bool = False) -> WebhookSubscription:
+def _find(session: Session, webhook_id: int, who: Principal | None, *, lock: bool = False) -> WebhookSubscription:
+    """``who`` None: the dashboard, whose signed-in operators see every subscription."""
     q = select(WebhookSubscription).where(WebhookSubscription.id == webhook_id)
     sub = session.execute(q.with_for_update() if lock else q).scalar()
-    if sub is None or (who.role is not Role.admin and sub.client_id != who.client_id):
+    if sub is None or (who is not None and who.role is not Role.admin and sub.client_id != who.client_id):
         raise WebhookNotFound(f"No webhook subscription with id {webhook_id}")
     return sub
 
 
-def list_subscriptions(session: Session, who: Principal) -> list[WebhookRead]:
+def list_subscriptions(session: Session, who: Principal | None) -> list[WebhookRead]:
     q = select(WebhookSubscription).order_by(WebhookSubscription.id)
-    if who.role is not Role.admin:
+    if who is not None and who.role is not Role.admin:
         q = q.where(WebhookSubscription.client_id == who.client_id)
     return [_read(s) for s in session.execute(q).scalars()]
 
 
-def get(session: Session, webhook_id: int, who: Principal) -> WebhookRead:
+def get(session: Session, webhook_id: int, who: Principal | None) -> WebhookRead:
     return _read(_find(session, webhook_id, who))
 
 
@@ -143,7 +144,7 @@ def _delivery_read(d: WebhookDelivery, attempts: list[WebhookAttempt]) -> Delive
     )
 
 
-def deliveries(session: Session, webhook_id: int, who: Principal, *, status: str | None = None,
+def deliveries(session: Session, webhook_id: int, who: Principal | None, *, status: str | None = None,
                limit: int = 50) -> DeliveryPage:
     """Newest first, each with its attempt history."""
     sub = _find(session, webhook_id, who)
@@ -159,7 +160,7 @@ def deliveries(session: Session, webhook_id: int, who: Principal, *, status: str
     return DeliveryPage(items=[_delivery_read(d, history[d.id]) for d in rows])
 
 
-def replay(session: Session, webhook_id: int, delivery_id: int, who: Principal) -> DeliveryRead:
+def replay(session: Session, webhook_id: int, delivery_id: int, who: Principal | None, *, actor: str | None = None) -> DeliveryRead:
     """Back to ``pending`` now, for a new round of attempts, with the same ``webhook-id``. Only a
     dead or delivered delivery; one still in its retries is a 409."""
     sub = _find(session, webhook_id, who)
@@ -172,7 +173,7 @@ def replay(session: Session, webhook_id: int, delivery_id: int, who: Principal) 
                                 current_status=d.status)
     d.status, d.attempts, d.next_attempt_at, d.lease_until = PENDING, 0, utcnow(), None
     session.flush()
-    append_event(session, actor=who.actor, kind="webhook.replayed",
+    append_event(session, actor=actor or (who.actor if who else "dashboard"), kind="webhook.replayed",
                  payload={"webhook_id": sub.id, "delivery_id": d.id, "message_id": d.message_id})
     attempts = list(session.execute(select(WebhookAttempt).where(WebhookAttempt.delivery_id == d.id)
                                     .order_by(WebhookAttempt.number)).scalars())

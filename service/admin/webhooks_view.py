@@ -1,0 +1,115 @@
+"""Dashboard pages of issue 19: webhook subscriptions with their deliveries (and replay), the
+stop-the-line banner with the acknowledge action, and the SLA extension of a request.
+
+Kept out of ``app.py``: :func:`install` receives the dashboard's plumbing (render, sign-in and
+CSRF checks, the session factory) and adds its routes and one template global."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from service.core.config import Settings
+from service.core.db import read_session
+from service.deletion_request import service as requests_service
+from service.job import repository as job_repo
+from service.job import service as job_service
+from service.models import Job, Model
+from service.webhook import service as webhooks
+
+MAX_REASON = 1000
+
+
+@dataclass(frozen=True)
+class Plumbing:
+    render: Callable[..., HTMLResponse]
+    need: Callable[[Request], Any]
+    check_post: Callable[..., Any]
+    redirect: Callable[..., Any]
+    factory: Callable[[Request], Any]
+    bad_input: type[Exception]
+
+
+def stopped_lines(session) -> list[tuple[str, Job]]:
+    """(model name, the failed job that stops it), for every stopped model."""
+    ids = job_repo.stopped_model_ids(session)
+    out = []
+    for model in session.execute(select(Model).where(Model.id.in_(list(ids))).order_by(Model.name)).scalars():
+        job = job_repo.unacknowledged_failure(session, model.id)
+        if job is not None:
+            out.append((model.name, job))
+    return out
+
+
+def _reason(form, bad_input: type[Exception]) -> str:
+    value = form.get("reason")
+    value = value.strip() if isinstance(value, str) else ""
+    if not value:
+        raise bad_input("A reason is required.")
+    return value[:MAX_REASON]
+
+
+def install(admin: FastAPI, templates: Jinja2Templates, settings: Settings, p: Plumbing) -> None:
+    def line_stops(request: Request) -> list[tuple[str, Job]]:
+        """The banner's content (nothing when the setting is off); one small query per page."""
+        if not settings.pipeline.stop_the_line:
+            return []
+        with read_session(p.factory(request)) as db:
+            return stopped_lines(db)
+
+    templates.env.globals["line_stops"] = line_stops
+
+    @admin.get("/webhooks", response_class=HTMLResponse)
+    def webhooks_page(request: Request):
+        me = p.need(request)
+        with read_session(p.factory(request)) as db:
+            subs = webhooks.list_subscriptions(db, None)
+            recent = {s.id: webhooks.deliveries(db, s.id, None, limit=20).items for s in subs}
+        return p.render(request, "webhooks.html", me, subs=subs, recent=recent)
+
+    @admin.get("/webhooks/{webhook_id}", response_class=HTMLResponse)
+    def webhook_page(request: Request, webhook_id: int, status: str = ""):
+        me = p.need(request)
+        if status and status not in ("pending", "delivering", "delivered", "dead"):
+            raise p.bad_input("Unknown delivery status.")
+        with read_session(p.factory(request)) as db:
+            sub = webhooks.get(db, webhook_id, None)
+            page = webhooks.deliveries(db, webhook_id, None, status=status or None, limit=200)
+        return p.render(request, "webhook_detail.html", me, sub=sub, items=page.items, filter_status=status)
+
+    @admin.post("/webhooks/{webhook_id}/deliveries/{delivery_id}/replay")
+    async def replay(request: Request, webhook_id: int, delivery_id: int):
+        me, _ = await p.check_post(request)
+        with p.factory(request).begin() as db:
+            webhooks.replay(db, webhook_id, delivery_id, None, actor=me.actor)
+        return p.redirect(f"/admin/webhooks/{webhook_id}", f"Delivery {delivery_id} queued again (same webhook-id).")
+
+    @admin.post("/line-stops/{job_id}/acknowledge")
+    async def acknowledge(request: Request, job_id: uuid.UUID):
+        me, form = await p.check_post(request)
+        reason = _reason(form, p.bad_input)
+        with p.factory(request).begin() as db:
+            job_service.acknowledge_failure(db, job_id, actor=me.actor, reason=reason)
+        return p.redirect(f"/admin/jobs/{job_id}", "Failure acknowledged: the model's line runs again.")
+
+    @admin.post("/extensions/{rid}")
+    async def extend(request: Request, rid: uuid.UUID):
+        me, form = await p.check_post(request)
+        reason = _reason(form, p.bad_input)
+        try:
+            days = int(str(form.get("days", "")))
+        except ValueError:
+            raise p.bad_input("Days must be a whole number.") from None
+        if days < 1:
+            raise p.bad_input("Days must be at least 1.")
+        with p.factory(request).begin() as db:
+            r = requests_service.extend_due(db, rid, days=days, reason=reason, actor=me.actor,
+                                            max_days=settings.pipeline.sla_extension_max_days)
+        return p.redirect(f"/admin/requests/{rid}", f"Due date extended to {r.due_at:%Y-%m-%d}.")
