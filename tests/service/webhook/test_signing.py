@@ -46,3 +46,20 @@ def test_new_secrets_are_random_24_bytes_and_seal_round_trips() -> None:
     assert a not in sealed and signing.unseal("server-secret", sealed) == a
     with pytest.raises(Exception):
         signing.unseal("another-server-secret", sealed)
+
+
+def test_the_readme_snippet_verifies_the_published_vector() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    code = re.search(r"```python\n(import base64, hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert code, "the README's verification snippet is missing"
+    ns: dict = {}
+    exec(code.group(1), ns)  # noqa: S102 - our own README
+    headers = {"webhook-id": VECTOR_ID, "webhook-timestamp": str(VECTOR_TS), "webhook-signature": "v2,x " + VECTOR_SIGNATURE}
+    ns["verify"](VECTOR_SECRET, headers, VECTOR_BODY, tolerance_s=10**10)
+    with pytest.raises(ValueError):
+        ns["verify"](VECTOR_SECRET, headers, VECTOR_BODY + b" ", tolerance_s=10**10)
+    with pytest.raises(ValueError):
+        ns["verify"](VECTOR_SECRET, headers, VECTOR_BODY)  # 2021: stale
