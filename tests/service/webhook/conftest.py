@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from service.core.config import Settings
+from service.core.security import create_token
+from service.models import Client, Role
 from service.webhook.delivery import run_once
 
 
@@ -79,3 +81,13 @@ def settings(settings: Settings) -> Settings:
 def relay(db, settings):
     """One relay round on the test's rolled-back connection."""
     return lambda s=None: run_once(db.info["factory"], s or settings)
+
+
+@pytest.fixture
+def other_requester(db) -> dict[str, str]:
+    """Auth headers of a requester of another client."""
+    other = Client(name="other-client")
+    db.add(other)
+    db.flush()
+    _, token = create_token(db, Role.requester, "other", client_id=other.id)
+    return {"Authorization": f"Bearer {token}"}

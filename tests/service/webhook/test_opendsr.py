@@ -106,17 +106,10 @@ def test_cancel_while_pending(client, db, receiver, relay) -> None:
     assert r.status_code == 409
 
 
-def test_another_controller_sees_nothing(client, db) -> None:
-    from service.core.security import create_token
-    from service.models import Client, Role
-
+def test_another_controller_sees_nothing(client, db, other_requester) -> None:
+    theirs = other_requester
     body = _request()
     assert client.post("/opendsr/requests", json=body, headers=client.auth("requester")).status_code == 201
-    other = Client(name="other-controller")
-    db.add(other)
-    db.flush()
-    _, token = create_token(db, Role.requester, "other", client_id=other.id)
-    theirs = {"Authorization": f"Bearer {token}"}
     assert client.get(f"/opendsr/requests/{body['subject_request_id']}", headers=theirs).status_code == 404
     assert client.delete(f"/opendsr/requests/{body['subject_request_id']}", headers=theirs).status_code == 404
     r = client.post("/opendsr/requests", json=body, headers=theirs)

@@ -11,8 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service.core.security import create_token
-from service.models import AuditEvent, Client, Role, WebhookDelivery, WebhookEvent, WebhookSubscription
+from service.models import AuditEvent, WebhookDelivery, WebhookEvent, WebhookSubscription
 from service.models._types import utcnow
 from service.webhook import delivery as wd
 from test_signing import verify
@@ -174,13 +173,9 @@ def test_backoff_grows_exponentially_with_bounded_jitter(settings) -> None:
         assert max(samples) - min(samples) > step / 10  # jittered, not constant
 
 
-def test_owners_see_their_subscriptions_and_events_only(client, db, receiver, relay) -> None:
+def test_owners_see_their_subscriptions_and_events_only(client, db, receiver, relay, other_requester) -> None:
+    theirs = other_requester
     mine = _subscribe(client, receiver)
-    other = Client(name="other-backend")
-    db.add(other)
-    db.flush()
-    _, token = create_token(db, Role.requester, "other", client_id=other.id)
-    theirs = {"Authorization": f"Bearer {token}"}
     assert client.get(f"/v1/webhooks/{mine['id']}", headers=theirs).status_code == 404
     assert client.get("/v1/webhooks", headers=theirs).json() == []
     assert client.delete(f"/v1/webhooks/{mine['id']}", headers=theirs).status_code == 404
