@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
@@ -98,8 +99,15 @@ def create(session: Session, settings: Settings, data: OpenDsrCreate, client_id:
     od = OpenDsrRequest(subject_request_id=data.subject_request_id, client_id=client_id, request_id=result.request.id,
                         status_callback_urls=list(dict.fromkeys(data.status_callback_urls)), regulation=data.regulation,
                         submitted_time=data.submitted_time, received_time=utcnow())
-    session.add(od)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(od)
+            session.flush()
+    except IntegrityError:  # a concurrent filing of the same id won: answer it
+        winner = session.get(OpenDsrRequest, data.subject_request_id)
+        if winner is None or winner.client_id != client_id:
+            raise OpenDsrIdTaken("This subject_request_id belongs to another controller; generate a new UUID") from None
+        return Filed(winner, requests_service.get(session, winner.request_id), False)
     return Filed(od, result.request, True)
 
 

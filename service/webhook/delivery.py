@@ -102,7 +102,9 @@ def claim_due(session: Session, settings: Settings, *, now: datetime | None = No
     q = (select(WebhookDelivery, WebhookSubscription.secret_sealed)
          .outerjoin(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
          .where(or_((WebhookDelivery.status == PENDING) & (WebhookDelivery.next_attempt_at <= now),
-                    (WebhookDelivery.status == DELIVERING) & (WebhookDelivery.lease_until < now)))
+                    (WebhookDelivery.status == DELIVERING) & (WebhookDelivery.lease_until < now)),
+                # a paused (inactive) subscription keeps its deliveries until it is active again
+                or_(WebhookDelivery.subscription_id.is_(None), WebhookSubscription.active.is_(True)))
          .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhooks.batch))
     if session.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(of=WebhookDelivery, skip_locked=True)

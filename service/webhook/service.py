@@ -8,6 +8,7 @@ show the caller's client's subscriptions; an admin sees all. Another client's su
 
 from __future__ import annotations
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -129,6 +130,10 @@ def update(session: Session, settings: Settings, webhook_id: int, data: WebhookU
 
 def delete(session: Session, webhook_id: int, who: Principal) -> None:
     sub = _find(session, webhook_id, who, lock=True)
+    # its deliveries and their history go with it (explicitly: SQLite may not enforce the cascade)
+    ids = select(WebhookDelivery.id).where(WebhookDelivery.subscription_id == sub.id)
+    session.execute(sa_delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+    session.execute(sa_delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id))
     session.delete(sub)
     session.flush()
     append_event(session, actor=who.actor, kind="webhook.deleted", payload={"webhook_id": webhook_id})

@@ -241,3 +241,19 @@ def test_operator_subscriptions_get_job_and_all_clients_events(client, db, recei
     with db.info["factory"].begin() as session:
         wd.fan_out(session, client.app.state.settings)
     assert _count(db, WebhookDelivery) == 1
+
+
+def test_a_paused_subscription_keeps_its_deliveries_until_resumed(client, db, receiver, relay) -> None:
+    hook = _subscribe(client, receiver)
+    _file(client)
+    with db.info["factory"].begin() as session:
+        wd.fan_out(session, client.app.state.settings)
+    r = client.patch(f"/v1/webhooks/{hook['id']}", json={"active": False}, headers=client.auth("requester"))
+    assert r.status_code == 200
+    relay()
+    assert receiver.received == []
+    client.patch(f"/v1/webhooks/{hook['id']}", json={"active": True}, headers=client.auth("requester"))
+    relay()
+    assert len(receiver.received) == 1
+    assert client.delete(f"/v1/webhooks/{hook['id']}", headers=client.auth("requester")).status_code == 204
+    assert _count(db, WebhookDelivery) == 0
