@@ -5,8 +5,9 @@ Lethe's request statuses map onto OpenDSR's four: ``received``, ``awaiting_appro
 final) → ``in_progress``; ``completed`` → ``completed``; ``cancelled`` and ``denied`` (the
 processor refused it; the reason is in Lethe's own API) → ``cancelled``.
 
-The signing key is ``opendsr.signing_key`` (PEM) or a 2048-bit RSA key generated once into
-``opendsr.key_file`` (created exclusively, so processes sharing the file agree on one key)."""
+The signing key is ``opendsr.signing_key`` (PEM) or, outside production, a 2048-bit RSA key
+generated once into ``opendsr.key_file`` (created exclusively, so processes sharing the file agree
+on one key)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from service.core.config import Settings
+from service.core.config import Environment, Settings
+from service.core.errors import ProblemError
 from service.models import OpenDsrRequest
 
 API_VERSION = "1.0"
@@ -76,7 +78,15 @@ def _key_from(pem: str, key_file: str) -> rsa.RSAPrivateKey:
     return key
 
 
+class OpenDsrNotConfigured(ProblemError):
+    status, type, title = 503, "opendsr-not-configured", "OpenDSR signing is not configured"
+
+
 def signing_key(settings: Settings) -> rsa.RSAPrivateKey:
+    """In production the key must come from settings: processes on different machines would each
+    generate their own, and a controller could not verify what another signed."""
+    if settings.environment == Environment.production and not settings.opendsr.signing_key.strip():
+        raise OpenDsrNotConfigured("Set LETHE_OPENDSR__SIGNING_KEY (an RSA private key, PEM) to use the OpenDSR endpoints")
     return _key_from(settings.opendsr.signing_key, str(settings.opendsr.key_file))
 
 
@@ -95,6 +105,7 @@ def headers(settings: Settings, raw: bytes) -> dict[str, str]:
 def certificate_pem(settings: Settings) -> str:
     if settings.opendsr.certificate.strip():
         return settings.opendsr.certificate
+    signing_key(settings)  # the production check
     return _self_signed(settings.opendsr.signing_key, str(settings.opendsr.key_file), settings.opendsr.processor_domain)
 
 

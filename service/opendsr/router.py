@@ -61,6 +61,7 @@ def certificate(request: Request) -> Response:
              responses={201: {"description": "Filed (200: an idempotent replay)"}})
 async def create_request(body: OpenDsrCreate, request: Request, session: SessionDep, who: ControllerDep) -> Response:
     """File an erasure request; ``subject_request_id`` is the idempotency key."""
+    callbacks.signing_key(request.app.state.settings)  # 503 before anything is written when unconfigured
     raw = await request.body()
     filed = await run_in_threadpool(service.create, session, request.app.state.settings, body, who.client_id)
     answer = {

@@ -153,3 +153,12 @@ def test_bad_requests_are_refused_and_nothing_is_written(client, db, settings, o
     if status == 400:
         assert r.json()["error"]["code"] == 400
     assert written() == before
+
+
+def test_production_needs_a_configured_key_and_writes_nothing_without_one(client, db, settings) -> None:
+    client.app.state.settings = settings.model_copy(update={"environment": "production"})
+    before = db.scalar(select(func.count()).select_from(DeletionRequest))
+    r = client.post("/opendsr/requests", json=_request(), headers=client.auth("requester"))
+    assert r.status_code == 503 and r.json()["type"].endswith("opendsr-not-configured")
+    assert client.get("/opendsr/cert.pem").status_code == 503
+    assert db.scalar(select(func.count()).select_from(DeletionRequest)) == before
