@@ -145,15 +145,7 @@ def send(claimed: Claimed, settings: Settings) -> Outcome:
         headers = {**_headers(claimed, settings), "content-type": "application/json", "user-agent": USER_AGENT,
                    "host": target.host_header}
         ext = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        with httpx.Client(timeout=cfg.timeout_s, follow_redirects=False, trust_env=False) as http:
-            with http.stream("POST", target.connect_url, content=claimed.body.encode(), headers=headers,
-                             extensions=ext) as resp:
-                read = 0
-                for chunk in resp.iter_bytes():  # drain a bounded amount, in bounded time
-                    read += len(chunk)
-                    if read >= cfg.max_response_bytes or time.monotonic() - started > cfg.timeout_s:
-                        break
-                code = resp.status_code
+        code = _post(target, claimed.body.encode(), headers, ext, cfg, started)
         latency = int((time.monotonic() - started) * 1000)
         error = None if 200 <= code < 300 else f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
         return Outcome(code, latency, error)
@@ -161,6 +153,28 @@ def send(claimed: Claimed, settings: Settings) -> Outcome:
         return Outcome(None, int((time.monotonic() - started) * 1000), f"refused: {exc.detail}")
     except Exception as exc:  # noqa: BLE001 - network errors of every kind are a failed attempt
         return Outcome(None, int((time.monotonic() - started) * 1000), f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _post_once(http: httpx.Client, url: str, body: bytes, headers: dict[str, str], ext: dict, cfg, started: float) -> int:
+    with http.stream("POST", url, content=body, headers=headers, extensions=ext) as resp:
+        read = 0
+        for chunk in resp.iter_bytes():  # drain a bounded amount, in bounded time
+            read += len(chunk)
+            if read >= cfg.max_response_bytes or time.monotonic() - started > cfg.timeout_s:
+                break
+        return resp.status_code
+
+
+def _post(target: targets.Target, body: bytes, headers: dict[str, str], ext: dict, cfg, started: float) -> int:
+    """POST to the checked addresses in turn (the next one only when connecting failed); the
+    status code. No redirects."""
+    with httpx.Client(timeout=cfg.timeout_s, follow_redirects=False, trust_env=False) as http:
+        for address in target.addresses[:-1]:
+            try:
+                return _post_once(http, target.connect_url(address), body, headers, ext, cfg, started)
+            except httpx.ConnectError:
+                continue
+        return _post_once(http, target.connect_url(target.addresses[-1]), body, headers, ext, cfg, started)
 
 
 def backoff_s(settings: Settings, attempt: int, rng: random.Random | None = None) -> float:

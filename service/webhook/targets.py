@@ -23,12 +23,11 @@ class Target:
     scheme: str
     host: str
     port: int
-    address: str  # the checked IP address to connect to
+    addresses: tuple[str, ...]  # the checked IP addresses, to connect to in this order
     path: str  # path and query
 
-    @property
-    def connect_url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
+    def connect_url(self, address: str) -> str:
+        host = f"[{address}]" if ":" in address else address
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
     @property
@@ -80,4 +79,4 @@ def resolve(url: str, *, allow_private: bool) -> Target:
                     f"The host '{host}' resolves to {addr}, a loopback, link-local, private or reserved address",
                     address=addr,
                 )
-    return Target(scheme, host, port, addresses[0], path)
+    return Target(scheme, host, port, tuple(addresses), path)

@@ -257,3 +257,13 @@ def test_a_paused_subscription_keeps_its_deliveries_until_resumed(client, db, re
     assert len(receiver.received) == 1
     assert client.delete(f"/v1/webhooks/{hook['id']}", headers=client.auth("requester")).status_code == 204
     assert _count(db, WebhookDelivery) == 0
+
+
+def test_a_host_name_is_sent_as_host_to_the_checked_address(client, db, receiver, relay) -> None:
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    r = client.post("/v1/webhooks", json={"url": url, "event_types": ["request.status_changed"]}, headers=client.auth("requester"))
+    assert r.status_code == 201
+    _file(client)
+    relay()
+    (got,) = receiver.received
+    assert got.headers["host"] == f"localhost:{receiver.server.server_address[1]}"
