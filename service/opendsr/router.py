@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -19,15 +20,22 @@ from service.core.security import Principal, require
 from service.models import Role
 from service.models._types import utcnow
 from service.opendsr import callbacks, service
-from service.opendsr.schemas import Discovery, OpenDsrCreate, SupportedIdentity
+from service.opendsr.schemas import (
+    Discovery,
+    OpenDsrCancelled,
+    OpenDsrCreate,
+    OpenDsrReceipt,
+    OpenDsrStatus,
+    SupportedIdentity,
+)
 
 router = APIRouter(prefix="/opendsr", tags=["OpenDSR"])
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ControllerDep = Annotated[Principal, Depends(require(Role.requester))]
 
 
-def _signed(request: Request, body: dict[str, Any], status_code: int = 200) -> Response:
-    raw = json.dumps(body, separators=(",", ":")).encode()
+def _signed(request: Request, body: BaseModel, status_code: int = 200) -> Response:
+    raw = json.dumps(body.model_dump(mode="json"), separators=(",", ":")).encode()
     return Response(raw, status_code=status_code, media_type="application/json",
                     headers=callbacks.headers(request.app.state.settings, raw))
 
@@ -57,34 +65,37 @@ def certificate(request: Request) -> Response:
     return Response(callbacks.certificate_pem(request.app.state.settings), media_type="application/x-pem-file")
 
 
+_SIGNED = "Signed: X-OpenDSR-Signature (base64 RSA-SHA256 of the body), X-OpenDSR-Processor-Domain"
+
+
 @router.post("/requests", status_code=201, response_class=Response,
-             responses={201: {"description": "Filed (200: an idempotent replay)"}})
+             responses={201: {"model": OpenDsrReceipt, "description": "Filed. " + _SIGNED},
+                        200: {"model": OpenDsrReceipt, "description": "An idempotent replay: the request this subject_request_id filed"}})
 async def create_request(body: OpenDsrCreate, request: Request, session: SessionDep, who: ControllerDep) -> Response:
     """File an erasure request; ``subject_request_id`` is the idempotency key."""
     callbacks.signing_key(request.app.state.settings)  # 503 before anything is written when unconfigured
     raw = await request.body()
     filed = await run_in_threadpool(service.create, session, request.app.state.settings, body, who.client_id)
-    answer = {
-        "api_version": callbacks.API_VERSION,
-        "controller_id": str(filed.od.client_id),
-        "expected_completion_time": filed.request.due_at.isoformat(),
-        "received_time": filed.od.received_time.isoformat(),
-        "encoded_request": base64.b64encode(raw).decode(),
-        "subject_request_id": str(filed.od.subject_request_id),
-    }
+    answer = OpenDsrReceipt(
+        api_version=callbacks.API_VERSION, controller_id=str(filed.od.client_id),
+        expected_completion_time=filed.request.due_at, received_time=filed.od.received_time,
+        encoded_request=base64.b64encode(raw).decode(), subject_request_id=filed.od.subject_request_id,
+    )
     return _signed(request, answer, 201 if filed.created else 200)
 
 
-@router.get("/requests/{subject_request_id}", response_class=Response)
+@router.get("/requests/{subject_request_id}", response_class=Response,
+            responses={200: {"model": OpenDsrStatus, "description": _SIGNED}})
 def get_request(subject_request_id: uuid.UUID, request: Request, session: SessionDep, who: ControllerDep) -> Response:
     od = service.find(session, subject_request_id, _owner(who))
-    return _signed(request, service.status_body(session, od))
+    return _signed(request, OpenDsrStatus(**service.status_body(session, od)))
 
 
-@router.delete("/requests/{subject_request_id}", status_code=202, response_class=Response)
+@router.delete("/requests/{subject_request_id}", status_code=202, response_class=Response,
+               responses={202: {"model": OpenDsrCancelled, "description": "Cancelled. " + _SIGNED}})
 def cancel_request(subject_request_id: uuid.UUID, request: Request, session: SessionDep, who: ControllerDep) -> Response:
     """Cancel while pending (409 once processing has begun)."""
     od = service.find(session, subject_request_id, _owner(who))
     service.cancel(session, od, who.actor)
-    return _signed(request, {"api_version": callbacks.API_VERSION, "controller_id": str(od.client_id),
-                             "subject_request_id": str(od.subject_request_id), "received_time": utcnow().isoformat()}, 202)
+    return _signed(request, OpenDsrCancelled(api_version=callbacks.API_VERSION, controller_id=str(od.client_id),
+                                             subject_request_id=od.subject_request_id, received_time=utcnow()), 202)

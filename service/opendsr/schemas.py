@@ -45,3 +45,30 @@ class Discovery(BaseModel):
     supported_subject_request_types: list[str]
     processor_certificate: str
     status_mapping: dict[str, str] = Field(description="Lethe request status -> OpenDSR request_status")
+
+
+class OpenDsrReceipt(BaseModel):
+    """Answer to a filing (201; 200 for a replay of the same ``subject_request_id``)."""
+
+    api_version: str
+    controller_id: str
+    expected_completion_time: datetime
+    received_time: datetime
+    encoded_request: str = Field(description="Base64 of the request body as received")
+    subject_request_id: uuid.UUID
+
+
+class OpenDsrStatus(BaseModel):
+    api_version: str
+    controller_id: str
+    expected_completion_time: datetime
+    subject_request_id: uuid.UUID
+    request_status: Literal["pending", "in_progress", "completed", "cancelled"]
+    lethe_request_id: uuid.UUID = Field(description="The deletion request behind it (GET /v1/deletion-requests/{id})")
+
+
+class OpenDsrCancelled(BaseModel):
+    api_version: str
+    controller_id: str
+    subject_request_id: uuid.UUID
+    received_time: datetime
