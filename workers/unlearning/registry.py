@@ -12,6 +12,7 @@ from workers.unlearning.errors import ConfigError
 from workers.unlearning.methods import FAMILIES, GUARANTEES, KINDS, NAME, check_config_class, register_config, unregister_config
 from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
+from workers.unlearning.methods.svd_projection.method import SvdProjection
 
 _REGISTRY: dict[str, ForgettingMethod] = {}
 _BUILTIN: set[str] = set()
@@ -72,6 +73,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(),):  # one line per built-in method
+for _builtin in (MixedLinear(), SvdProjection()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)
