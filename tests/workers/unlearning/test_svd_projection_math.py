@@ -165,9 +165,9 @@ def test_batchnorm_statistics_are_recomputed_on_the_given_sample():
     x = torch.randn(50, 4)
     recompute_batchnorm(net, [x[:20], x[20:]], torch.device("cpu"))
     h = net[0](x).detach().to(torch.float64)
-    # a cumulative average over the two batches: the batch means weighted equally, unbiased variances
-    means = torch.stack([h[:20].mean(0), h[20:].mean(0)])
-    varis = torch.stack([h[:20].var(0), h[20:].var(0)])
-    torch.testing.assert_close(bn.running_mean.double(), means.mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bn.running_var.double(), varis.mean(0), rtol=1e-5, atol=1e-6)
+    # the batches weigh by their sizes: the mean is the sample's; the variance the size-weighted
+    # mean of the batches' unbiased variances
+    torch.testing.assert_close(bn.running_mean.double(), h.mean(0), rtol=1e-5, atol=1e-6)
+    want_var = (20 * h[:20].var(0) + 30 * h[20:].var(0)) / 50
+    torch.testing.assert_close(bn.running_var.double(), want_var, rtol=1e-5, atol=1e-6)
     assert bn.momentum == 0.1 and not net.training and not bn.training  # restored

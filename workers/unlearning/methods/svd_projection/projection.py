@@ -162,8 +162,9 @@ def project(net: nn.Module, retain: LayerGrams, forget: LayerGrams, alpha_r: flo
 
 
 def recompute_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> int:
-    """Reset every BatchNorm's running statistics and re-estimate them on ``batches`` (a
-    cumulative average over all of them, not a momentum blend). Returns the number of layers."""
+    """Reset every BatchNorm's running statistics and re-estimate them on ``batches``: each
+    batch weighs by its size (momentum n_b / n_seen), so the running mean is the sample's mean,
+    not a momentum blend. Returns the number of layers."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
@@ -173,10 +174,13 @@ def recompute_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor], device:
     try:
         for m in norms:
             m.reset_running_stats()
-            m.momentum = None
             m.train()
+        seen = 0
         with torch.no_grad():
             for x in batches:
+                seen += x.shape[0]
+                for m in norms:
+                    m.momentum = x.shape[0] / seen
                 net(x.to(device))
     finally:
         for m, momentum in saved.items():
