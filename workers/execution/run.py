@@ -337,8 +337,11 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
 
 
 def _gate(method: ForgettingMethod, bound: Bound, collected: dict, metrics: dict, cfg):
-    parent_acc = (collected.get("parent_metrics") or {}).get("eval_accuracy")
-    return method.gate(bound, {"accuracy": parent_acc}, {"accuracy": metrics.get("eval_accuracy")}, cfg)
+    """``accuracy`` is the eval accuracy; the other measured figures (§6.7: forget-set accuracy,
+    MIA AUC, retain accuracy) go along for the methods whose gates read them (heuristic ones)."""
+    parent = collected.get("parent_metrics") or {}
+    return method.gate(bound, {**parent, "accuracy": parent.get("eval_accuracy")},
+                       {**metrics, "accuracy": metrics.get("eval_accuracy")}, cfg)
 
 
 def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict, solved: dict) -> dict:
