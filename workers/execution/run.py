@@ -51,7 +51,7 @@ from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobA
 from workers.execution.publish import publish
 from workers.runtime import Runtime
 from workers.unlearning.bounds import Bound
-from workers.unlearning.data import TensorSource
+from workers.unlearning.data import TensorSource, concat
 from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.methods import parse_config
 from workers.unlearning.methods.base import ForgettingMethod, ModelSpec
@@ -167,12 +167,16 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, An
         user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
         ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
         forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude, include_ids=True) if exclude else None
+        # the removed subjects' own held-out samples: a class MIA compares the class's training
+        # samples with them (a subject who is a class has no other held-out samples of it)
+        forget_eval = read_samples(session, rt.store, model.id, splits=[Split.eval.value], only_subject_keys=exclude) if exclude else None
     cs = cfg.chunk_size  # common to every method's config (methods.MethodConfig)
     return {
         "core": TensorSource(core.x, core.y, cs),
         "user": TensorSource(user.x, user.y, cs, ids=user.ids),
         "eval": TensorSource(ev.x, ev.y, cs),
         "forget": TensorSource(forget.x, forget.y, cs, ids=forget.ids) if forget is not None and len(forget) else None,
+        "forget_eval": TensorSource(forget_eval.x, forget_eval.y, cs) if forget_eval is not None and len(forget_eval) else None,
         "watermark": int(user.ids.max()) if len(user) else None,
     }
 
@@ -331,8 +335,11 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
     if data["forget"] is not None:
         metrics["forget_accuracy"] = method.evaluate(mm, data["forget"], cfg)["accuracy"]
         metrics["forget_n"] = len(data["forget"])
-        if len(data["eval"]):
-            metrics["mia_auc"] = method.membership_auc(mm, data["forget"], data["eval"], cfg)
+        held_out = data["eval"]
+        if "class" in method.kinds and data["forget_eval"] is not None:  # the classes' own held-out samples
+            held_out = concat(held_out, data["forget_eval"]) if len(held_out) else data["forget_eval"]
+        if len(held_out):
+            metrics["mia_auc"] = method.membership_auc(mm, data["forget"], held_out, cfg)
     return metrics
 
 

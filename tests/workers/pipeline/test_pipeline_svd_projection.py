@@ -51,6 +51,8 @@ def test_a_subject_who_is_a_class_is_forgotten_by_projection(rt):
         assert v2.state == "live" and v2.bound["guarantee"] == "heuristic" and v2.bound["method"] == "svd_projection"
         assert "fallback" not in v2.bound  # the projection itself passed its gates
         assert v2.metrics["forget_accuracy"] <= 0.01 and v1.metrics["eval_accuracy"] - v2.metrics["eval_accuracy"] <= 0.03
+        # the class MIA is measured against the class's own held-out samples (its subject's eval rows)
+        assert isinstance(v2.metrics["mia_auc"], float) and abs(v2.metrics["mia_auc"] - 0.5) <= 0.1
         served = load_model(rt.store.path(v2.artifact_uri))
         private = load_model(rt.store.path(v2.private_uri))
     assert isinstance(served, MaskedClassifier) and served.masked_classes == (2,)
