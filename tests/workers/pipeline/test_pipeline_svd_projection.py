@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pipeline_support import ingest, register_model
+from pipeline_support import forget_job, ingest, register_model
 from sqlalchemy import select
 
 from service.job import service as job_service
@@ -42,8 +42,6 @@ def test_a_subject_who_is_a_class_is_forgotten_by_projection(rt):
         ingest(s, rt.store, m, xe, ye, [f"class-{c}" for c in ye], "eval")
         job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
     assert run_job(rt, job_id) == "succeeded"
-
-    from pipeline_support import forget_job
 
     assert run_job(rt, forget_job(rt, model_id, "class-2")) == "succeeded"
     with rt.session_factory() as s:

@@ -171,3 +171,10 @@ def test_batchnorm_statistics_are_recomputed_on_the_given_sample():
     want_var = (20 * h[:20].var(0) + 30 * h[20:].var(0)) / 50
     torch.testing.assert_close(bn.running_var.double(), want_var, rtol=1e-5, atol=1e-6)
     assert bn.momentum == 0.1 and not net.training and not bn.training  # restored
+
+
+def test_grouped_convolutions_are_left_as_they_are():
+    from workers.unlearning.methods.svd_projection.projection import projected_layers
+
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(2, 3))
+    assert sorted(projected_layers(net)) == ["1", "3"]

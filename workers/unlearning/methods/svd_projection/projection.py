@@ -91,8 +91,10 @@ def _pad(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def projected_layers(net: nn.Module) -> dict[str, nn.Module]:
-    """The layers the method projects, by name (Linear, and Conv2d with groups = 1)."""
-    return {name: m for name, m in net.named_modules() if isinstance(m, Projected)}
+    """The layers the method projects, by name: Linear, and Conv2d with groups = 1 (a grouped
+    convolution's weights do not act on one flattened patch; it is left as it is)."""
+    return {name: m for name, m in net.named_modules()
+            if isinstance(m, Projected) and getattr(m, "groups", 1) == 1}
 
 
 @dataclass
