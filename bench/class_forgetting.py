@@ -110,7 +110,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer epochs and a 3×3 α grid")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small problems, no OpenMP contention)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     data = digits()
     cfg = METHOD.config_cls(device="cpu", epochs=15 if args.quick else 40, lr=1e-2, train_batch_size=128)
     grid = {"alpha_r_grid": [1.0, 30.0, 100.0], "alpha_f_grid": [1.0, 100.0, 1000.0]} if args.quick else {}

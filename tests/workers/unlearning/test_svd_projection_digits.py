@@ -27,6 +27,15 @@ RETAIN_SLACK = 0.03  # retained accuracy may trail the retrained oracle by at mo
 GRID = {"grid_search": True, "alpha_r_grid": [1.0, 30.0, 100.0], "alpha_f_grid": [1.0, 100.0, 1000.0]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small problems: one thread avoids OpenMP contention on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits
