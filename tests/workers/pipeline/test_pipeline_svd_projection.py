@@ -11,7 +11,7 @@ from pipeline_support import forget_job, ingest, register_model
 from sqlalchemy import select
 
 from service.job import service as job_service
-from service.models import JobKind, ModelVersion
+from service.models import Job, JobKind, ModelVersion
 from workers.execution.run import run_job
 from workers.unlearning import load_model
 from workers.unlearning.serialization import MaskedClassifier
@@ -31,18 +31,22 @@ def _class_data(seed=0):
     return draw(60), draw(20)
 
 
-def test_a_subject_who_is_a_class_is_forgotten_by_projection(rt):
+def _people(rt, **method_config) -> tuple[int, tuple]:
+    """A trained model whose subjects are its classes; its id and the data."""
     (xu, yu), (xe, ye) = _class_data()
     with rt.session_factory.begin() as s:
         m = register_model(s, "people", d=D, classes=CLASSES, method="svd_projection",
                            architecture_config={"in_features": D, "hidden": [32], "num_classes": CLASSES},
-                           method_config={"device": "cpu", "epochs": 40, "lr": 1e-2, "grid_search": True,
-                                          "alpha_r_grid": [1.0, 30.0, 100.0], "alpha_f_grid": [1.0, 100.0, 1000.0]})
+                           method_config={"device": "cpu", "epochs": 40, "lr": 1e-2, **method_config})
         ingest(s, rt.store, m, xu, yu, [f"class-{c}" for c in yu], "user")
         ingest(s, rt.store, m, xe, ye, [f"class-{c}" for c in ye], "eval")
         job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
     assert run_job(rt, job_id) == "succeeded"
+    return model_id, (xu, yu, xe, ye)
 
+
+def test_a_subject_who_is_a_class_is_forgotten_by_projection(rt):
+    model_id, (xu, yu, xe, ye) = _people(rt, grid_search=True, alpha_r_grid=[1.0, 30.0, 100.0], alpha_f_grid=[1.0, 100.0, 1000.0])
     assert run_job(rt, forget_job(rt, model_id, "class-2")) == "succeeded"
     with rt.session_factory() as s:
         v1, v2 = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number)).scalars().all()
@@ -61,3 +65,15 @@ def test_a_subject_who_is_a_class_is_forgotten_by_projection(rt):
     y = torch.from_numpy(np.concatenate([yu, ye]))
     assert float((unmasked[y == 2] == 2).float().mean()) <= 0.01  # forgotten without the mask too
     assert float((unmasked[y != 2] == y[y != 2]).float().mean()) >= 0.95
+
+
+def test_a_projection_that_fails_its_gates_is_never_published(rt):
+    # α_f tiny: the projection removes almost nothing and the class is still recognised
+    model_id, _ = _people(rt, alpha_r=100.0, alpha_f=1e-6)
+    job_id = forget_job(rt, model_id, "class-1")
+    assert run_job(rt, job_id) == "failed"
+    with rt.session_factory() as s:
+        versions = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id)).scalars().all()
+        assert len(versions) == 1 and versions[0].state == "live"  # the parent stays; nothing new served
+        job = s.get(Job, job_id)
+        assert "forget-class accuracy" in job.error
