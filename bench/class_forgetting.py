@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from workers.unlearning.data import TensorSource  # noqa: E402
 from workers.unlearning.methods.base import ModelSpec  # noqa: E402
-from workers.unlearning.methods.svd_projection.method import ClassifierState, SvdProjection  # noqa: E402
+from workers.unlearning.methods.svd_projection.method import SvdProjection  # noqa: E402
+from workers.unlearning.standard import StandardModel  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 METHOD = SvdProjection()
@@ -53,11 +54,11 @@ def conv_bn(width: int) -> nn.Module:
                          nn.Flatten(), nn.Linear(2 * width * 16, 10))
 
 
-def fresh(kind: str, cfg, seed: int) -> ClassifierState:
+def fresh(kind: str, cfg, seed: int) -> StandardModel:
     torch.manual_seed(seed)
     if kind == "mlp":
         return METHOD.build(ModelSpec("mlp", {"in_features": 64, "num_classes": 10, "hidden": [128, 64]}), cfg.model_copy(update={"seed": seed}))
-    return ClassifierState(conv_bn(16), "conv_bn", {})
+    return StandardModel(conv_bn(16), "conv_bn", {})
 
 
 def acc(state, x, y) -> float:
@@ -71,7 +72,7 @@ def measure(state, data, gone_tr, gone_te, forget_src) -> dict:
             "class_mia": METHOD.membership_auc(state, forget_src, TensorSource(xte, yte), None)}
 
 
-def run(kind: str, drop: list[int], data, base: ClassifierState, cfg, grid: dict) -> dict:
+def run(kind: str, drop: list[int], data, base: StandardModel, cfg, grid: dict) -> dict:
     xtr, ytr, xte, yte = data
     gone_tr, gone_te = torch.isin(ytr, torch.tensor(drop)), torch.isin(yte, torch.tensor(drop))
     retained, removed = TensorSource(xtr[~gone_tr], ytr[~gone_tr]), TensorSource(xtr[gone_tr], ytr[gone_tr])
@@ -84,10 +85,10 @@ def run(kind: str, drop: list[int], data, base: ClassifierState, cfg, grid: dict
     for label, extra in (("default", {}), ("grid", {"grid_search": True, **grid})):
         state = copy.deepcopy(base)
         t0 = time.perf_counter()
-        METHOD.forget(state, retained, cfg.model_copy(update=extra), removed=removed)
+        result = METHOD.forget(state, retained, cfg.model_copy(update=extra), removed=removed)
         row[f"{label}_s"] = time.perf_counter() - t0
         row[label] = {**measure(state, data, gone_tr, gone_te, removed),
-                      "alpha_r": state.last_projection["alpha_r"], "alpha_f": state.last_projection["alpha_f"]}
+                      "alpha_r": result.alpha_r, "alpha_f": result.alpha_f}
     return row
 
 
@@ -114,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = digits()
-    cfg = METHOD.config_cls(device="cpu", epochs=15 if args.quick else 40, lr=1e-2, train_batch_size=128)
+    cfg = METHOD.config_cls(device="cpu", epochs=15 if args.quick else 40, lr=1e-2, batch_size=128)
     grid = {"alpha_r_grid": [1.0, 30.0, 100.0], "alpha_f_grid": [1.0, 100.0, 1000.0]} if args.quick else {}
     rows = []
     for kind in ("mlp", "cnn"):

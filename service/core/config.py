@@ -101,6 +101,9 @@ class AuditSettings(BaseModel):
 
 class ApiSettings(BaseModel):
     max_body_bytes: int = 32 * 1024 * 1024
+    # The body limit of POST /v1/models/{name}/checkpoint (a standard model's state_dict), its own:
+    # a checkpoint is streamed to the artifact store, never held in memory.
+    max_checkpoint_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     # All request headers together (names and values); larger -> 431.
     max_header_bytes: int = 16 * 1024
     page_size_default: int = 50
@@ -163,6 +166,10 @@ class JobSettings(BaseModel):
     # CPU priority of a job's process (os.nice increment, 0-19): where jobs share cores with the
     # API (embedded mode), the API keeps answering promptly while a job computes.
     nice: int = Field(10, ge=0, le=19)
+    # Keep one job process started ahead (Python, torch and the job code imported; no job, no
+    # data, no database connection) so the next job does not wait for a process to start and
+    # import: most of a small forget's latency otherwise. It holds that memory while idle.
+    warm_process: bool = True
 
 
 class Settings(BaseSettings):

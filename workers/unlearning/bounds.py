@@ -10,7 +10,8 @@ because μ-strong convexity gives ‖w' − w*_r‖ ≤ ‖∇L_{D_r}(w')‖ / �
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,14 @@ class Bound:
     iterations: int
     kl_nats: float
     kl_bits: float
+    # what a method reports beyond the KL figure (certified_removal: ε_spent, δ, the budget left);
+    # flattened into :meth:`to_dict`, so versions, audit events and receipts carry it
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
 
 
 def kl_nats(residual_norm: float, mu: float, noise_std: float) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from workers.unlearning.errors import ConfigError
 from workers.unlearning.methods import FAMILIES, GUARANTEES, KINDS, NAME, check_config_class, register_config, unregister_config
 from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
+from workers.unlearning.methods.certified_removal.method import CertifiedRemoval
+from workers.unlearning.methods.lcodec.method import LCodec
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
 from workers.unlearning.methods.svd_projection.method import SvdProjection
 
@@ -33,6 +35,10 @@ def _validate(method: object) -> None:
         check_config_class(name, getattr(method, "config_cls", None))
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    for attr in ("families", "kinds"):
+        if frozenset(getattr(method, attr)) != getattr(method.config_cls, attr):
+            raise ConfigError(f"{name}: {attr} {sorted(getattr(method, attr))} differ from its config's "
+                              f"{sorted(getattr(method.config_cls, attr))} (the service checks the config's)")
     artifacts = getattr(method, "private_artifacts", None)
     if (not isinstance(artifacts, tuple) or not artifacts or len(set(artifacts)) != len(artifacts)
             or not all(isinstance(a, str) and NAME.match(a) for a in artifacts)):
@@ -73,6 +79,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(), SvdProjection()):  # one line per built-in method
+for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec(), SvdProjection()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)

@@ -16,9 +16,10 @@ from torch import nn
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import InvalidDataError
 from workers.unlearning.methods.base import ModelSpec
-from workers.unlearning.methods.svd_projection.method import ClassifierState, SvdProjection
+from workers.unlearning.methods.svd_projection.method import SvdProjection
 from workers.unlearning.methods.svd_projection.projection import per_class_sample
-from workers.unlearning.serialization import MaskedClassifier, load_model_from_bytes
+from workers.unlearning.serialization import load_model_from_bytes
+from workers.unlearning.standard import MaskedClassifier, StandardModel
 
 METHOD = SvdProjection()
 RETAIN_SLACK = 0.03  # retained accuracy may trail the retrained oracle by at most this
@@ -55,30 +56,34 @@ def bn_cnn() -> nn.Module:
                          nn.Linear(32 * 16, 10))
 
 
-TRAIN = {"mlp": {"epochs": 20, "lr": 1e-2, "train_batch_size": 128}, "cnn": {"epochs": 10, "lr": 1e-2, "train_batch_size": 128}}
-_CACHE: dict[tuple, ClassifierState] = {}
+TRAIN = {"mlp": {"epochs": 20, "lr": 1e-2, "batch_size": 128, "weight_decay": 0.0}, "cnn": {"epochs": 10, "lr": 1e-2, "batch_size": 128, "weight_decay": 0.0}}
+_CACHE: dict[tuple, StandardModel] = {}
 
 
 def _config(kind: str, **config):
     return METHOD.config_cls(device="cpu", **TRAIN[kind], **config)
 
 
-def _trained(kind: str, x, y, cfg, seed: int = 0, drop: tuple = ()) -> ClassifierState:
-    """A network trained here by plain Adam (cached per kind and dropped digits; a copy each time)."""
+def _trained(kind: str, x, y, cfg, seed: int = 0, drop: tuple = ()) -> StandardModel:
+    """A network trained here by the family's recipe (cached per kind and dropped digits; a copy each time)."""
     key = (kind, seed, drop)
     if key not in _CACHE:
         _CACHE[key] = _train(kind, x, y, cfg, seed)
     return copy.deepcopy(_CACHE[key])
 
 
-def _train(kind: str, x, y, cfg, seed: int) -> ClassifierState:
+def _train(kind: str, x, y, cfg, seed: int) -> StandardModel:
     if kind == "mlp":
         state = METHOD.build(ModelSpec("mlp", {"in_features": 64, "num_classes": 10, "hidden": [64, 64]}), cfg)
     else:
         torch.manual_seed(seed)
-        state = ClassifierState(bn_cnn(), "bn_cnn", {})
+        state = StandardModel(bn_cnn(), "bn_cnn", {})
     METHOD.train(state, TensorSource(x, y), cfg.model_copy(update={"seed": seed}))
     return state
+
+
+def removed_y(digits, drop) -> torch.Tensor:
+    return digits[1][torch.isin(digits[1], torch.tensor(drop))]
 
 
 def _acc(state, x, y) -> float:
@@ -116,10 +121,11 @@ def test_the_forgotten_digit_is_no_longer_recognised_and_the_others_are(digits, 
     assert after["forget"] <= 0.03 and after["forget_train"] <= cfg.max_forget_accuracy + 0.01
     assert after["retain"] >= after["oracle_retain"] - RETAIN_SLACK
     assert after["retain"] >= before["retain"] - RETAIN_SLACK
-    assert abs(after["mia"] - 0.5) <= cfg.max_mia_deviation
-    assert state.forgotten == sorted(drop) and result.operation == "forget"
-    gate = METHOD.gate(METHOD.bound(result, cfg), {"accuracy": before["retain"]},
-                       {"accuracy": after["retain"], "forget_accuracy": after["forget_train"], "mia_auc": after["mia"]}, cfg)
+    assert abs(after["mia"] - 0.5) <= 0.1
+    assert state.masked_classes == sorted(drop) and result.operation == "forget" and result.classes == sorted(drop)
+    gate = METHOD.gate(METHOD.bound(result, cfg), {"eval_accuracy": before["retain"]},
+                       {"eval_accuracy": after["retain"], "forget_accuracy": after["forget_train"], "forget_n": len(removed_y(digits, drop)),
+                        "mia_auc": after["mia"]}, cfg.model_copy(update={"max_accuracy_drop": RETAIN_SLACK}))
     assert gate.ok, gate.reasons
 
 
@@ -156,7 +162,7 @@ def test_the_served_file_masks_the_forgotten_digit_and_measurement_does_not(digi
     assert torch.softmax(logits, 1)[:, 2].max() == 0
     # the private state keeps the unmasked network and the forgotten classes
     back = METHOD.load_private(METHOD.save_private(state), cfg)
-    assert back.forgotten == [2]
+    assert back.masked_classes == [2]
     torch.testing.assert_close(back.network(xte).detach(), raw)
 
 
@@ -175,11 +181,16 @@ def test_partial_classes_and_forgetting_all_but_one_are_refused(digits):
 
 def test_gates_fail_on_what_the_unmasked_network_still_knows():
     cfg = METHOD.config_cls()
-    bound = METHOD.bound(type("R", (), {"operation": "forget", "iterations": 1})(), cfg)
-    assert bound.guarantee == "heuristic" and math.isinf(bound.kl_nats)
-    bad = METHOD.gate(bound, {"accuracy": 0.95}, {"accuracy": 0.80, "forget_accuracy": 0.4, "mia_auc": 0.9}, cfg)
-    assert not bad.ok and len(bad.reasons) == 3
-    assert not METHOD.gate(bound, None, {"accuracy": 0.9}, cfg).ok  # forget accuracy not measured: no faith
-    ok = METHOD.gate(bound, {"accuracy": 0.95}, {"accuracy": 0.94, "forget_accuracy": 0.0, "mia_auc": float("nan")}, cfg)
+    bound = METHOD.bound(type("R", (), {"operation": "forget", "iterations": 1, "masked_classes": [2]})(), cfg)
+    assert bound.guarantee == "heuristic" and math.isinf(bound.kl_nats) and bound.to_dict()["masked_classes"] == [2]
+    bad = METHOD.gate(bound, {"eval_accuracy": 0.95, "retain_accuracy": 0.99},
+                      {"eval_accuracy": 0.80, "retain_accuracy": 0.99, "forget_accuracy": 0.4, "forget_n": 100, "mia_auc": 0.9}, cfg)
+    assert not bad.ok and len(bad.reasons) == 3, bad.reasons
+    assert not METHOD.gate(bound, None, {"eval_accuracy": 0.9}, cfg).ok  # forget accuracy not measured: no faith
+    # near 0 is the goal here (a class no longer known), not "like unseen samples of a known class"
+    ok = METHOD.gate(bound, {"eval_accuracy": 0.95}, {"eval_accuracy": 0.94, "forget_accuracy": 0.0, "forget_n": 100, "mia_auc": float("nan")}, cfg)
     assert ok.ok, ok.reasons
+    # a small class (below min_forget_samples): judged by its Wilson interval; 0 of 10 passes, 3 of 10 fails
+    assert METHOD.gate(bound, None, {"eval_accuracy": 0.9, "forget_accuracy": 0.0, "forget_n": 10}, cfg).ok
+    assert not METHOD.gate(bound, None, {"eval_accuracy": 0.9, "forget_accuracy": 0.3, "forget_n": 10}, cfg).ok
     assert np.isclose(METHOD.config_cls().alpha_r, 100.0) and np.isclose(METHOD.config_cls().alpha_f, 3.0)

@@ -15,7 +15,8 @@ GUARANTEES = {"exact", "certified", "heuristic"}
 
 @pytest.mark.parametrize("name", [n for n in list_methods() if "mixed_linear" in get_method(n).families])
 def test_method_contract(name, tmp_path):
-    """The mixed-linear family's own operations (core, fit, Newton forget, noised release)."""
+    """The mixed-linear family's library contract (every method's runner contract:
+    ``test_unlearning_registry.test_runner_interface_round_trip``)."""
     method = get_method(name)
     assert method.name == name
     assert method.guarantee in GUARANTEES
@@ -61,3 +62,4 @@ def test_method_contract(name, tmp_path):
     exact = tmp_path / "exact.safetensors"
     save_weights(exact, m1)
     assert torch.equal(load_model(exact)(x), m1(x))
+

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 import torch
 
-from workers.unlearning import ConfigError, ModelSpec, TensorSource, get_method, list_methods, register, unregister
+from workers.unlearning import ConfigError, ModelSpec, TensorSource, get_method, list_methods, load_model_from_bytes, register, unregister
 from workers.unlearning.methods import MethodConfig, config_classes
 from workers.unlearning.methods.base import REQUIRED
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
@@ -67,8 +67,23 @@ def test_register_refuses_an_entry_missing_an_attribute_with_a_config_error(abse
 def test_register_accepts_every_family_and_kind_at_once():
     from workers.unlearning.methods import FAMILIES, KINDS
 
-    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS)))
+    class Every(_Cfg):
+        families = frozenset(FAMILIES)
+        kinds = frozenset(KINDS)
+
+    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS), config_cls=Every))
     unregister("reg_probe")
+
+
+@pytest.mark.parametrize("attr", ["families", "kinds"])
+def test_register_refuses_a_method_whose_families_or_kinds_differ_from_its_config(attr):
+    """The service checks a model's family and a request's kind against the config's declaration
+    (torch-free); a method that serves something else would be reached by requests it cannot serve."""
+    from workers.unlearning.methods import FAMILIES, KINDS
+
+    with pytest.raises(ConfigError, match=f"{attr} .* differ from its config"):
+        register(_variant(**{attr: frozenset(FAMILIES if attr == "families" else KINDS)}))
+    assert "reg_probe" not in list_methods()
 
 
 def test_unregister_of_an_unknown_name_is_a_no_op():
@@ -102,6 +117,9 @@ def test_register_then_unregister_a_method_and_its_config():
         unregister("mixed_linear")
 
 
+SMALL = {"mixed_linear": {"core_epochs": 2}, "linear_head": {"core_epochs": 2}, "standard": {"epochs": 3, "perturbations": 8}}  # small runs per family
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_runner_interface_round_trip(name):
     """What the job runner calls, generically: build, prepare, train, forget, bound, release,
@@ -109,19 +127,22 @@ def test_runner_interface_round_trip(name):
     method = get_method(name)
     assert all(callable(getattr(method, op)) for op in REQUIRED)
     assert method.config_cls is config_classes()[name]
-    short = {"core_epochs": 2} if "core_epochs" in method.config_cls.model_fields else {"epochs": 2}
-    cfg = method.config_cls(**short, device="cpu", chunk_size=8)
+    family = sorted(method.families)[0]
+    small = {k: v for k, v in SMALL[family].items() if k in method.config_cls.model_fields}
+    cfg = method.config_cls.model_validate({"device": "cpu", "chunk_size": 8, **small})
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
     model = method.build(ModelSpec("mlp", {"in_features": 5, "hidden": [6], "num_classes": 3}, "last:1"), cfg)
-    method.prepare(model, TensorSource(x[:10], y[:10]), cfg)
-    method.train(model, TensorSource(x[10:], y[10:], chunk_size=8), cfg)
+    # a standard network trains on its user split only (no core)
+    method.prepare(model, TensorSource(x[:0], y[:0]) if family == "standard" else TensorSource(x[:10], y[:10]), cfg)
+    user = TensorSource(x[10:], y[10:], chunk_size=8, ids=torch.arange(10, 40))
+    method.train(model, user, cfg)
     if "samples" in method.kinds:  # some of the samples go
-        result = method.forget(model, TensorSource(x[15:], y[15:], chunk_size=8), cfg)
-    else:  # a whole class goes (with its samples)
-        gone = y == 2
-        result = method.forget(model, TensorSource(x[~gone], y[~gone], chunk_size=8), cfg,
-                               removed=TensorSource(x[gone], y[gone], chunk_size=8))
+        result = method.forget(model, user.subset(torch.arange(5, 30)), cfg, removed=user.subset(torch.arange(5)))
+    else:  # a whole class goes, with its samples
+        gone = user.y == 2
+        result = method.forget(model, user.subset(torch.nonzero(~gone).reshape(-1)), cfg,
+                               removed=user.subset(torch.nonzero(gone).reshape(-1)))
     bound = method.bound(result, cfg)
     assert bound.guarantee in ("exact", "certified", "heuristic")
     blobs = method.save_private(model)
@@ -131,6 +152,7 @@ def test_runner_interface_round_trip(name):
     assert method.evaluate(back, ev, cfg) == method.evaluate(model, ev, cfg)
     served = method.serve_bytes(model, method.release(model, cfg), {"model": "m"})
     assert isinstance(served, bytes) and served not in blobs.values()  # the served file is not a private one
+    assert load_model_from_bytes(served)(x).shape == (40, 3)  # load_model builds every family's file
 
 
 def test_importing_the_configs_does_not_import_torch():
@@ -139,4 +161,4 @@ def test_importing_the_configs_does_not_import_torch():
     code = ("import sys; from workers.unlearning.methods import config_classes; "
             "import workers.unlearning; c = config_classes(); print(sorted(c), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['mixed_linear', 'svd_projection'] False"
+    assert out.stdout.strip() == "['certified_removal', 'lcodec', 'mixed_linear', 'svd_projection'] False"
