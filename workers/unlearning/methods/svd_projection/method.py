@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -139,9 +139,7 @@ class SvdProjection:
         record the masked classes, a projection its α pair."""
         masked = {"masked_classes": list(getattr(result, "masked_classes", []))}
         if exact or (exact is None and result.operation == "retrain"):
-            b = exact_bound(method or "retrain", math.nan, 0.0, result.iterations)
-            b.extra = masked
-            return b
+            return replace(exact_bound(method or "retrain", math.nan, 0.0, result.iterations), extra=masked)
         return Bound(self.name, "heuristic", math.nan, math.nan, 0.0, result.iterations, math.inf, math.inf,
                      extra={**masked, "alpha_r": getattr(result, "alpha_r", math.nan), "alpha_f": getattr(result, "alpha_f", math.nan)})
 
