@@ -104,6 +104,11 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     ("/metrics", "get"): {200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}},
     ("/readyz", "get"): {503: {}},
     ("/v1/tokens", "post"): {404: {"description": "The body names a client that does not exist"}},
+    ("/v1/models/{name}/classes/{label}/forget", "post"): {
+        409: {"description": "An active job; or the label has no training sample (never existed or already forgotten), "
+                             "its subjects hold other classes too, fewer than two classes would remain, or one of them has an open request"},
+        422: {"description": "The model's method cannot forget a class, or the body is invalid"},
+    },
 }
 
 

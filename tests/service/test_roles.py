@@ -44,6 +44,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     # operators: promote, run now, zero, retry jobs
     ("POST", "/v1/models/{name}/aliases/{alias}"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/forget-now"): {"operator", "admin"},
+    ("POST", "/v1/models/{name}/classes/{label}/forget"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/zero"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/retry"): {"operator", "admin"},
     ("GET", "/v1/jobs"): {"operator", "auditor", "admin"},
