@@ -75,6 +75,7 @@ _PARAMS = {
     "alias": "production",
     "subject_id": "someone-1",
     "token_id": "987654",
+    "label": "3",
 }
 # A body that passes validation where the route authenticates after validating (the intake
 # hot path does both in one step; see its docstring). Elsewhere an empty JSON object.
