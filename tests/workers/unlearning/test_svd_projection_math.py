@@ -178,3 +178,42 @@ def test_grouped_convolutions_are_left_as_they_are():
 
     net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(2, 3))
     assert sorted(projected_layers(net)) == ["1", "3"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_projection_matches_the_cpu_one():
+    """The whole forget (Grams, eigh, projection, BatchNorm re-estimation) on CUDA against the same
+    on the CPU, from the same trained conv net with BatchNorm and a non-square input."""
+    from workers.unlearning.data import TensorSource
+    from workers.unlearning.methods.svd_projection.method import SvdProjection
+    from workers.unlearning.standard import StandardModel
+
+    method = SvdProjection()
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(5, 1, 6, 10, generator=g) * 2
+    y = torch.randint(0, 5, (1500,), generator=g)
+    x = (means[y] + torch.randn(1500, 1, 6, 10, generator=g)).reshape(1500, -1)
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Unflatten(1, (1, 6, 10)), nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 16, (3, 2), stride=(2, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 2 * 9, 5))
+
+    cfg = method.config_cls(device="cpu", epochs=5, batch_size=128, alpha_r=30.0, alpha_f=100.0)
+    trained = StandardModel(net(), "x", {})
+    method.train(trained, TensorSource(x, y), cfg)
+    gone = y == 3
+    retained, removed = TensorSource(x[~gone], y[~gone]), TensorSource(x[gone], y[gone])
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = StandardModel(net(), "x", {}, device=device)
+        model.network.load_state_dict(trained.network.state_dict())
+        method.forget(model, retained, cfg.model_copy(update={"device": device}), removed=removed)
+        results[device] = model
+    cpu, gpu = results["cpu"].network.state_dict(), results["cuda"].network.state_dict()
+    for k, v in cpu.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(gpu[k].cpu(), v, rtol=1e-3, atol=1e-4 * float(v.abs().max().clamp(min=1.0)))
+    acc = {d: method.evaluate(m, removed, cfg)["accuracy"] for d, m in results.items()}
+    assert abs(acc["cpu"] - acc["cuda"]) <= 0.01, acc
