@@ -109,6 +109,11 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     ("/opendsr/requests/{subject_request_id}", "get"): {401: {}, 403: {}, 503: {}},
     ("/opendsr/requests/{subject_request_id}", "delete"): {401: {}, 403: {}, 409: {}, 503: {}},
     ("/opendsr/cert.pem", "get"): {503: {}},
+    ("/v1/models/{name}/classes/{label}/forget", "post"): {
+        409: {"description": "An active job; or the label has no training sample (never existed or already forgotten), "
+                             "its subjects hold other classes too, fewer than two classes would remain, or one of them has an open request"},
+        422: {"description": "The model's method cannot forget a class, or the body is invalid"},
+    },
 }
 
 

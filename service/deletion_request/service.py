@@ -59,7 +59,7 @@ from service.core.security import subject_key as make_subject_key
 from service.deletion_request import repository as repo
 from service.deletion_request.schemas import DeletionRequestCreate, DeletionRequestPage, DeletionRequestRead
 from service.job import repository as job_repo
-from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, RequestStatus
+from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Model, RequestStatus
 from service.models._types import utcnow
 from service.webhook import events
 
@@ -299,6 +299,32 @@ def create_request(
         if existing is not None:
             return CreateResult(_read_row(session, existing), "merged")
     raise Conflict("The request conflicted with concurrent changes; retry it")  # pragma: no cover
+
+
+def open_for_subject_keys(session: Session, model: Model, subject_keys: list[str], *, reason: str, source: str,
+                          actor: str) -> list[uuid.UUID]:
+    """Requests an operator files by subject key (no raw id is known: the subjects who are a
+    class of the model), approved by that operator and due now. Raises
+    :class:`OpenRequestExists` (nothing written) when one of them already has an open request
+    for the model."""
+    now = utcnow()
+    rows = []
+    for sk in subject_keys:
+        open_key = open_key_for(sk, model.id)
+        existing = repo.by_open_key(session, open_key)
+        if existing is not None:
+            raise OpenRequestExists(f"a subject of this class already has an open deletion request for model '{model.name}'",
+                                    existing_request_id=str(existing.id))
+        rows.append(DeletionRequest(id=uuid.uuid4(), subject_id=None, subject_key=sk, model_id=model.id, open_key=open_key,
+                                    status=RequestStatus.queued.value, reason=reason, source=source, created_at=now, due_at=now,
+                                    approved_by=actor, approved_at=now, attempts=0, updated_at=now))
+    session.add_all(rows)
+    session.flush()
+    for row in rows:
+        append_event(session, actor=actor, kind="request.created", subject_key=row.subject_key,
+                     payload={"request_id": str(row.id), "model": model.name, "source": source})
+        events.request_changed(session, row, None, now=now)  # webhook subscribers learn of it like any request
+    return [row.id for row in rows]
 
 
 def _create_in_one_statement(

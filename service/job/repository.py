@@ -178,6 +178,20 @@ def subjects_of_requests(session: Session, request_ids: Sequence[uuid.UUID]) -> 
     return sorted(set(session.execute(select(DeletionRequest.subject_key).where(DeletionRequest.id.in_(request_ids))).scalars()))
 
 
+def label_owners(session: Session, model_id: int, label: int) -> tuple[list[str], list[str], int]:
+    """For a class request: the subjects holding ``user`` samples of ``label``, those of them who
+    hold samples of another label too, and how many other labels the ``user`` split has."""
+    owners = sorted(session.scalars(select(Sample.subject_key).distinct().where(
+        Sample.model_id == model_id, Sample.split == Split.user.value, Sample.label == label)))
+    mixed: list[str] = []
+    for part in _chunks(owners):
+        mixed += session.scalars(select(Sample.subject_key).distinct().where(
+            Sample.model_id == model_id, Sample.subject_key.in_(part), Sample.label != label))
+    others = session.scalar(select(func.count(func.distinct(Sample.label))).where(
+        Sample.model_id == model_id, Sample.split == Split.user.value, Sample.label != label))
+    return owners, sorted(mixed), int(others or 0)
+
+
 def subject_holdings(session: Session, model_id: int, keys: Sequence[str]) -> dict[str, dict]:
     """Per subject: its samples in the model, by split, and its lowest ``user`` sample id (the
     collect step's query)."""

@@ -1,4 +1,4 @@
-"""Jobs API and the model actions that start a job now (train, forget-now, zero).
+"""Jobs API and the model actions that start a job now (train, forget-now, zero, forget a class).
 
 Starting a job writes the job row and its outbox message in the request's transaction and
 answers ``202`` with the job (``Location: /v1/jobs/{id}``); the relay sends the task after the
@@ -10,8 +10,9 @@ rather than silently returning it, so the caller knows its own request did not s
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from service.core.db import get_session
@@ -20,7 +21,7 @@ from service.core.pagination import decode_cursor, encode_cursor
 from service.client.tokens import Principal, require
 from service.job import repository as repo
 from service.job import service
-from service.job.schemas import JobAcknowledge, JobPage, JobRead, ZeroCreate
+from service.job.schemas import ClassForget, JobAcknowledge, JobPage, JobRead, ZeroCreate
 from service.models import Job, JobKind, JobStatus, Role
 
 router = APIRouter(tags=["jobs"])
@@ -148,6 +149,21 @@ def forget_now(
 ) -> JobRead:
     model = service.get_model(session, name)
     return _started(session, service.forget_now(session, request.app.state.settings, model, who.actor), response)
+
+
+@router.post("/v1/models/{name}/classes/{label}/forget", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})
+def forget_class(
+    name: str,
+    label: Annotated[int, Path(ge=0, le=2**31 - 1, description="the class index")],
+    request: Request,
+    response: Response,
+    body: ClassForget,
+    session: Session = Depends(get_session, scope="function"),
+    who: Principal = Depends(require(Role.operator)),
+) -> JobRead:
+    """Forget a whole class now (a model whose subjects are its classes; method of kind ``class``)."""
+    model = service.get_model(session, name)
+    return _started(session, service.forget_class(session, request.app.state.settings, model, label, body.reason, who.actor), response)
 
 
 @router.post("/v1/models/{name}/zero", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})

@@ -38,6 +38,14 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
+class ClassForget(BaseModel):
+    """Body of ``POST /v1/models/{name}/classes/{label}/forget``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(..., min_length=1, max_length=1000, description="why the class is forgotten (kept in the audit log)")
+
+
 class ZeroCreate(BaseModel):
     """Body of ``POST /v1/models/{name}/zero`` (optional)."""
 

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.errors import Conflict, IllegalTransition, NotFound
+from service.core.errors import Conflict, IllegalTransition, NotFound, ValidationFailed
 from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
-from service.deletion_request.service import close_request
+from service.deletion_request.service import close_request, open_for_subject_keys
 from service.job import repository as repo
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
@@ -49,6 +49,7 @@ from service.models import (
 )
 from service.models._types import utcnow
 from service.webhook import events
+from workers.unlearning.methods import config_classes  # torch-free: the configs only
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
@@ -71,6 +72,14 @@ class NothingToForget(Conflict):
 
 class NotAcknowledgeable(Conflict):
     type, title = "job-not-acknowledgeable", "Only a failed job not yet acknowledged can be acknowledged"
+
+
+class ClassNotForgettable(Conflict):
+    type, title = "class-not-forgettable", "This class cannot be forgotten now"
+
+
+class NoClassForgetting(ValidationFailed):
+    type, title = "no-class-forgetting", "The model's method cannot forget a class"
 
 
 class NothingToRetry(Conflict):
@@ -251,6 +260,37 @@ def forget_now(session: Session, settings: Settings, model: Model, actor: str) -
     raise NothingToForget(
         f"Model '{model.name}' holds no samples of its queued requests' subjects (they completed at once)"
     )
+
+
+def forget_class(session: Session, settings: Settings, model: Model, label: int, reason: str, actor: str) -> Job:
+    """An operator forgets class ``label``: one request per subject holding its ``user`` samples
+    (the subjects who are the class), approved by the operator, and a forget job for them now.
+
+    422 :class:`NoClassForgetting` when the model's method does not serve the ``class`` kind;
+    409 :class:`ClassNotForgettable` when no ``user`` sample carries the label (it never existed
+    or is already forgotten), when a subject of it holds samples of another label (a class
+    subject owns its class only), or when fewer than two classes would remain; 409 for an
+    active job or an open request of one of its subjects. Nothing is written then."""
+    cfg_cls = config_classes().get(model.method)
+    if cfg_cls is None or "class" not in cfg_cls.kinds:
+        raise NoClassForgetting(f"model '{model.name}' uses {model.method!r}, which forgets samples, not classes")
+    existing = repo.active_job(session, model.id)
+    if existing is not None:
+        raise _active_conflict(model, existing)
+    owners, mixed, others = repo.label_owners(session, model.id, label)
+    if not owners:
+        raise ClassNotForgettable(f"model '{model.name}' holds no training sample of class {label}: it does not exist or is already forgotten")
+    if mixed:
+        raise ClassNotForgettable(f"{len(mixed)} subject(s) of class {label} hold samples of other classes too: a class is forgotten "
+                                  "only when its subjects are the class (file deletion requests for samples instead)")
+    if others < 2:
+        raise ClassNotForgettable(f"forgetting class {label} would leave {others} class(es); at least two must remain")
+    request_ids = open_for_subject_keys(session, model, owners, reason=reason, source=f"class:{label}", actor=actor)
+    job = create_job(session, settings, model, JobKind.forget, actor=actor, request_ids=request_ids,
+                     config={"reason": reason, "class_label": label})
+    append_event(session, actor=actor, kind="class.forget", payload={"model": model.name, "label": label, "subjects": len(owners),
+                                                                     "job_id": str(job.id), "reason": reason})
+    return job
 
 
 def requeue_requests(session: Session, settings: Settings, job: Job, error: str) -> None:

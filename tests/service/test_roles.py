@@ -45,6 +45,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     # operators: promote, run now, zero, retry jobs
     ("POST", "/v1/models/{name}/aliases/{alias}"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/forget-now"): {"operator", "admin"},
+    ("POST", "/v1/models/{name}/classes/{label}/forget"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/zero"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/retry"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/acknowledge"): {"operator", "admin"},
@@ -94,6 +95,7 @@ _PARAMS = {
     "webhook_id": "987654",
     "delivery_id": "987654",
     "subject_request_id": str(uuid.uuid4()),
+    "label": "3",
 }
 # A body that passes validation where the route authenticates after validating (the intake
 # hot path does both in one step; see its docstring). Elsewhere an empty JSON object.

@@ -53,7 +53,7 @@ from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobA
 from workers.execution.publish import publish
 from workers.runtime import Runtime
 from workers.unlearning.bounds import Bound
-from workers.unlearning.data import TensorSource
+from workers.unlearning.data import TensorSource, concat
 from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.methods import parse_config
 from workers.unlearning.methods.base import ForgettingMethod, ModelSpec
@@ -196,6 +196,11 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> _Data:
                     return None
                 s = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude, include_ids=True)
                 return TensorSource(s.x, s.y, cs, ids=s.ids) if len(s) else None
+            if part == "forget_eval":  # the removed subjects' own held-out samples (a class MIA's)
+                if not exclude:
+                    return None
+                s = read_samples(session, rt.store, model.id, splits=[Split.eval.value], only_subject_keys=exclude)
+                return TensorSource(s.x, s.y, cs) if len(s) else None
         raise KeyError(part)
 
     data = _Data(load)
@@ -388,8 +393,13 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
     if data["forget"] is not None:
         metrics["forget_accuracy"] = method.evaluate(mm, data["forget"], cfg)["accuracy"]
         metrics["forget_n"] = len(data["forget"])
-        if len(data["eval"]):
-            metrics["mia_auc"] = method.membership_auc(mm, data["forget"], data["eval"], cfg)
+        held_out = data["eval"]
+        if "class" in method.kinds and data["forget_eval"] is not None:
+            # a subject who is a class owns every held-out sample of it, which ``eval`` excludes:
+            # the class MIA compares the class's training samples with those (read only here)
+            held_out = concat(held_out, data["forget_eval"]) if len(held_out) else data["forget_eval"]
+        if len(held_out):
+            metrics["mia_auc"] = method.membership_auc(mm, data["forget"], held_out, cfg)
     return metrics
 
 

@@ -14,6 +14,7 @@ from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
 from workers.unlearning.methods.certified_removal.method import CertifiedRemoval
 from workers.unlearning.methods.lcodec.method import LCodec
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
+from workers.unlearning.methods.svd_projection.method import SvdProjection
 
 _REGISTRY: dict[str, ForgettingMethod] = {}
 _BUILTIN: set[str] = set()
@@ -78,6 +79,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec()):  # one line per built-in method
+for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec(), SvdProjection()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)

@@ -24,6 +24,7 @@ from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
 from workers.unlearning.standard import FORMAT as STANDARD_FORMAT
 from workers.unlearning.standard import from_bytes as standard_from_bytes
+from workers.unlearning.standard import served as standard_served
 
 FORMAT = "lethe.mixed_linear/1"
 LINEAR_HEAD_FORMAT = "lethe.linear_head/1"  # certified_removal.method.FORMAT (kept equal by its tests)
@@ -74,10 +75,11 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
         from workers.unlearning.methods.certified_removal.method import load_linear_head
 
         return load_linear_head(data, architectures=architectures)
-    if meta.get("format") == STANDARD_FORMAT:  # a standard-family network: the plain nn.Module
+    if meta.get("format") == STANDARD_FORMAT:  # a standard-family network: the plain nn.Module, masked if it forgot classes
         standard = standard_from_bytes(data, device=device, architectures=architectures)
-        standard.network.metadata = meta
-        return standard.network
+        module = standard_served(standard)
+        module.metadata = meta
+        return module
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe mixed-linear weights file (format={meta.get('format')!r})")
     arch = meta.get("architecture")
@@ -110,6 +112,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
                architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     """A ready ``torch.nn.Module`` from the weights file and the architecture registry (plus
     ``architectures``, builders passed explicitly by key): f_ML for a mixed-linear file, the
-    network itself for a ``standard``-family file, and a ``linear_head`` release
+    network itself for a ``standard``-family file (a ``standard.MaskedClassifier`` around it,
+    ``.network`` unmasked, when it forgot classes), and a ``linear_head`` release
     (``certified_removal``) as its ``LinearHeadNet`` (scores, ``.predict``)."""
     return load_model_from_bytes(Path(path).read_bytes(), device=device, architectures=architectures)

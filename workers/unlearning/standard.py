@@ -5,6 +5,11 @@ Shared by every method of the family (``lcodec``, and later ``gradient_ascent``,
 fallback repeats from scratch), evaluation and the loss-threshold MIA, the weights file (a
 safetensors ``state_dict`` with the architecture in its metadata) and the checkpoint check.
 
+A network made to forget whole classes (``svd_projection``) keeps them in ``masked_classes``
+(metadata of its files): :func:`served` wraps it in a :class:`MaskedClassifier` whose logits for
+them are −inf, so a pulled model never predicts them; everything measured (evaluation, gates,
+MIA) uses the unmasked network, since the mask would make the gates pass by construction.
+
 Loss convention (the same in training, gradients, HVPs and evaluation): per sample
 ``ℓ_i(θ) = CE(f(x_i; θ), y_i) + (wd/2)‖θ‖²`` — torch's ``weight_decay`` adds ``wd·θ`` to the
 gradient, which is the gradient of that regulariser. Evaluation and the MIA use the CE term only.
@@ -39,7 +44,8 @@ class StandardModel:
 
     ``selection`` (parameter name → bool mask) and ``sigma`` describe the last removal step of a
     method that noises only some parameters (lcodec's θ_S); they travel with the private state so
-    the release, computed in a later step, noises exactly those."""
+    the release, computed in a later step, noises exactly those. ``masked_classes``: the classes
+    it was made to forget, masked when served (never when measured)."""
 
     def __init__(self, network: nn.Module, architecture: str, architecture_config: dict[str, Any], device: str | torch.device = "cpu") -> None:
         self.device_ = resolve_device(device)
@@ -49,6 +55,7 @@ class StandardModel:
         self.architecture_config = dict(architecture_config)
         self.selection: dict[str, torch.Tensor] | None = None
         self.sigma = 0.0
+        self.masked_classes: list[int] = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x.to(self.device_, torch.float32))
@@ -57,12 +64,38 @@ class StandardModel:
         return dict(self.network.named_parameters())
 
 
+class MaskedClassifier(nn.Module):
+    """A served network that never names ``masked_classes``: their logits are −inf (softmax 0).
+    The unmasked network is ``.network``."""
+
+    def __init__(self, network: nn.Module, masked_classes: list[int] | tuple[int, ...]) -> None:
+        super().__init__()
+        self.network = network
+        self.masked_classes = tuple(sorted({int(c) for c in masked_classes}))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        return out.index_fill(1, torch.tensor(self.masked_classes, device=out.device, dtype=torch.long), float("-inf"))
+
+
+def served(model: StandardModel) -> nn.Module:
+    """What ``load_model`` hands out: the network itself, or masked when it forgot classes."""
+    return MaskedClassifier(model.network, model.masked_classes).eval() if model.masked_classes else model.network
+
+
 def build(architecture: str, architecture_config: dict[str, Any] | None, cfg, *, architectures: Mapping[str, Builder] | None = None) -> StandardModel:
     """A fresh network, initialised deterministically from ``cfg.seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build_network(architecture, architecture_config, architectures=architectures)
     return StandardModel(net, architecture, architecture_config or {}, device=cfg.device)
+
+
+def refuse_core(core: TensorSource) -> None:
+    """A ``standard`` network trains on its ``user`` split only (every sample belongs to a
+    subject, so every sample can be forgotten); samples in ``core`` are refused."""
+    if len(core):
+        raise InvalidDataError(f"a standard-family model trains on its user split; {len(core)} core samples are not used: upload them as user samples")
 
 
 def check_data(model: StandardModel, source: TensorSource, what: str) -> int:
@@ -162,6 +195,8 @@ def to_bytes(model: StandardModel, params: Mapping[str, torch.Tensor] | None = N
     meta = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in (metadata or {}).items()}
     meta.update({"format": FORMAT, "family": "standard", "architecture": model.architecture,
                  "architecture_config": json.dumps(model.architecture_config, sort_keys=True)})
+    if model.masked_classes:
+        meta["masked_classes"] = json.dumps(sorted(model.masked_classes))
     return st_save(tensors, metadata=meta)
 
 
@@ -218,8 +253,19 @@ def from_bytes(data: bytes, device: str | torch.device = "cpu", *, architectures
     masks = {k[len("mask."):]: v.to(torch.bool) for k, v in private.items() if k.startswith("mask.")}
     model.selection = masks or None
     model.sigma = float(meta.get("sigma", 0.0))
+    model.masked_classes = _masked_classes(meta) if lethe_file else []
     model.metadata = meta
     return model
+
+
+def _masked_classes(meta: Mapping[str, str]) -> list[int]:
+    try:
+        masked = json.loads(meta.get("masked_classes", "[]"))
+    except ValueError:
+        masked = None
+    if not isinstance(masked, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in masked):
+        raise ConfigError("the weights file's masked_classes is not a list of class indices")
+    return sorted(set(masked))
 
 
 def _metadata(data: bytes) -> dict[str, str]:

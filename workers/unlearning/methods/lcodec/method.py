@@ -258,10 +258,7 @@ class LCodec:
         return standard.build(spec.architecture, spec.architecture_config, cfg)
 
     def prepare(self, model: StandardModel, core: TensorSource, cfg: LCodecConfig, progress=None) -> dict:
-        """A ``standard`` network trains on its ``user`` split only (every sample belongs to a
-        subject, so every sample can be forgotten); samples in ``core`` are refused."""
-        if len(core):
-            raise InvalidDataError(f"a standard-family model trains on its user split; {len(core)} core samples are not used: upload them as user samples")
+        standard.refuse_core(core)
         return {"seconds": 0.0}
 
     def train(self, model: StandardModel, user: TensorSource, cfg: LCodecConfig, progress=None) -> RemovalResult:

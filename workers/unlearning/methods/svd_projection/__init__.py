@@ -1,0 +1,1 @@
+"""``svd_projection``: forgetting whole classes by SVD projection of every layer (DESIGN §14.3)."""
