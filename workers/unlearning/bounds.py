@@ -10,7 +10,7 @@ because μ-strong convexity gives ‖w' − w*_r‖ ≤ ‖∇L_{D_r}(w')‖ / �
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Bound:
     iterations: int
     kl_nats: float
     kl_bits: float
+    # a method's own success figures, logged with the version (e.g. gradient_ascent's KKT criteria)
+    figures: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

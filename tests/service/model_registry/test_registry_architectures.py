@@ -139,6 +139,27 @@ def test_cnn_is_measured_arithmetically_and_completed(client, db):
                        architecture_config={"channels": [4, 8], "hidden": 16}), "limit-exceeded", "915 parameters")
 
 
+@pytest.mark.parametrize("architecture,config,params", [
+    ("linear", {}, 4),  # w ∈ R^4, no bias
+    ("two_layer_relu", {"hidden": 6}, 24),  # W ∈ R^{6×4}; the output layer is a fixed buffer
+])
+def test_homogeneous_scalar_networks_are_measured_and_binary_only(client, db, architecture, config, params):
+    _refused(_register(client, architecture=architecture, architecture_config=config), "architecture-invalid",
+             "num_classes must be 2", "3")
+    _refused(_register(client, architecture=architecture, architecture_config={**config, "bias": True}),
+             "architecture-invalid", "bias")
+    _limits(client, max_parameters=params - 1)
+    _refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2),
+             "limit-exceeded", f"{params} parameters")
+    _refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2, linearize="last:2"),
+             "limit-exceeded", "1 layers")
+    _nothing_written(db, client)
+    _limits(client, max_parameters=params)
+    r = _register(client, architecture=architecture, architecture_config=config, num_classes=2)
+    assert r.status_code == 201, r.text
+    assert r.json()["architecture_config"] == {"in_features": 4, "num_classes": 2, **config}
+
+
 # ----------------------------------------------------------------------------- declared entries
 NETS = textwrap.dedent('''
     import time
