@@ -337,8 +337,11 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
 
 
 def _gate(method: ForgettingMethod, bound: Bound, collected: dict, metrics: dict, cfg):
-    parent_acc = (collected.get("parent_metrics") or {}).get("eval_accuracy")
-    return method.gate(bound, {"accuracy": parent_acc}, {"accuracy": metrics.get("eval_accuracy")}, cfg)
+    """The method's gate on the parent's and the new measurements (§6.7): ``accuracy`` is the eval
+    accuracy; the other measured figures (retain/forget accuracy, ``mia_auc``) go with it."""
+    parent = dict(collected.get("parent_metrics") or {})
+    return method.gate(bound, {**parent, "accuracy": parent.get("eval_accuracy")},
+                       {**metrics, "accuracy": metrics.get("eval_accuracy")}, cfg)
 
 
 def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict, solved: dict) -> dict:
