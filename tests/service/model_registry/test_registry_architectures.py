@@ -67,8 +67,8 @@ def sentinel(tmp_path, monkeypatch):
 def test_import_paths_are_refused_and_never_imported(client, db, tmp_path, monkeypatch, sentinel, architecture, config):
     monkeypatch.chdir(tmp_path)
     r = _register(client, architecture=architecture, architecture_config=config)
-    body = _refused(r, "architecture-unknown", "not registered", "cnn, mlp")
-    assert body["known"] == ["cnn", "mlp"]
+    body = _refused(r, "architecture-unknown", "not registered", "cnn, linear, mlp, two_layer_relu")
+    assert body["known"] == ["cnn", "linear", "mlp", "two_layer_relu"]
     assert any(e["field"] == "architecture" for e in body["errors"])
     assert not (tmp_path / "pwned.txt").exists() and not sentinel.exists()
     assert "lethe_sentinel_net" not in sys.modules and "no_such_module_x9" not in sys.modules
@@ -151,10 +151,10 @@ def test_homogeneous_scalar_networks_are_measured_and_binary_only(client, db, ar
     _limits(client, max_parameters=params - 1)
     _refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2),
              "limit-exceeded", f"{params} parameters")
-    _refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2, linearize="last:2"),
-             "limit-exceeded", "1 layers")
     _nothing_written(db, client)
     _limits(client, max_parameters=params)
+    _refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2, linearize="last:2"),
+             "limit-exceeded", "1 layers")
     r = _register(client, architecture=architecture, architecture_config=config, num_classes=2)
     assert r.status_code == 201, r.text
     assert r.json()["architecture_config"] == {"in_features": 4, "num_classes": 2, **config}
@@ -250,8 +250,8 @@ def test_entry_point_architectures_are_registry_keys(client, db, tmp_path, monke
     assert "lethe_ep_nets" not in sys.modules
     # unknown keys list the entry point too
     body = _refused(_register(client, name="other", architecture="nope"), "architecture-unknown", "ep_tiny")
-    assert body["known"] == ["cnn", "ep_tiny", "mlp"]
+    assert body["known"] == ["cnn", "ep_tiny", "linear", "mlp", "two_layer_relu"]
     # an administrator can switch entry points off
     client.app.state.settings.architectures.entry_points = False
     _refused(_register(client, name="other2", architecture="ep_tiny", architecture_config={"in_features": 4, "num_classes": 3}),
-             "architecture-unknown", "cnn, mlp")
+             "architecture-unknown", "cnn, linear, mlp, two_layer_relu")

@@ -56,7 +56,7 @@ def sentinel(tmp_path, monkeypatch):
 ])
 def test_build_network_refuses_names_outside_the_registry(tmp_path, monkeypatch, sentinel, name, config):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="not registered here; known architectures: cnn, mlp"):
+    with pytest.raises(ConfigError, match="not registered here; known architectures: cnn, linear, mlp, two_layer_relu"):
         build_network(name, config)
     assert not (tmp_path / "pwned.txt").exists() and not sentinel.exists()
     assert "lethe_sentinel_lib" not in sys.modules and "missing_module_q7" not in sys.modules
@@ -121,7 +121,7 @@ def test_resolve_architecture_lists_known_keys():
     register_architecture("zeta", tiny)
     with pytest.raises(ConfigError) as exc:
         resolve_architecture("x" * 500)
-    assert "cnn, mlp, zeta" in str(exc.value) and "x" * 100 not in str(exc.value)
+    assert "cnn, linear, mlp, two_layer_relu, zeta" in str(exc.value) and "x" * 100 not in str(exc.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
