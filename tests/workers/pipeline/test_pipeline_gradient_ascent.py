@@ -1,0 +1,77 @@
+"""``gradient_ascent`` through the whole pipeline in process (``run_job``): train, forget one
+subject by the scaled ascent step, the KKT figures and the kept duals with the version, and the
+retrain fallback when a measured gate fails (issue 13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pipeline_support import SECRET, forget_job, make_data, trained
+from safetensors.torch import load
+from sqlalchemy import select
+
+from service.core.security import subject_key
+from service.models import ModelVersion, Sample, Split, VersionArtifact
+from workers.execution.run import run_job
+
+D = 40
+
+
+def _ga_model(rt, **config):
+    data = make_data(n_subjects=20, per_subject=4, d=D, classes=2)
+    model_id = trained(rt, "ga", data, d=D, classes=2, architecture="linear", linearize="all",
+                       architecture_config={"in_features": D, "num_classes": 2}, method="gradient_ascent",
+                       method_config={"steps": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
+    return model_id, data
+
+
+def _versions(s, model_id):
+    return s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number)).scalars().all()
+
+
+def _artifacts(rt, s, version) -> dict[str, dict[str, torch.Tensor]]:
+    rows = s.execute(select(VersionArtifact).where(VersionArtifact.version_id == version.id)).scalars()
+    return {a.name: load(rt.store.read_bytes(a.uri)) for a in rows}
+
+
+def test_a_linear_model_forgets_by_one_ascent_step_with_its_kkt_figures(rt):
+    model_id, data = _ga_model(rt)
+    key = subject_key(SECRET, "subject-003")
+    with rt.session_factory() as s:
+        gone = s.execute(select(Sample.id, Sample.row).where(Sample.model_id == model_id, Sample.subject_key == key,
+                                                            Sample.split == Split.user.value)).all()
+        v1 = _versions(s, model_id)[0]
+        first = _artifacts(rt, s, v1)
+    assert set(first) == {"weights", "duals"} and len(gone) == 4
+    assert run_job(rt, forget_job(rt, model_id, "subject-003")) == "succeeded"
+    with rt.session_factory() as s:
+        v1, v2 = _versions(s, model_id)
+        assert v1.state == "revoked" and v2.state == "live"
+        second = _artifacts(rt, s, v2)
+        bound, metrics = v2.bound, v2.metrics
+    assert bound["guarantee"] == "heuristic" and bound["method"] == "gradient_ascent" and "fallback" not in bound
+    fig = bound["figures"]
+    assert fig["removed"] == 4 and fig["stationarity"] < 1e-9 < fig["stationarity_before"] and fig["feasible"] in (0.0, 1.0)
+    assert {"mia_auc", "forget_accuracy", "retain_accuracy", "eval_accuracy"} <= set(metrics)
+    # the step, checked independently: linear, so θ⁻ = θ − Σ_r λ_r y_r x_r with v1's kept duals
+    ids, lam = first["duals"]["ids"].numpy(), first["duals"]["duals"].numpy()
+    x_user, y_user = data["user"]
+    theta = first["weights"]["1.weight"].numpy().reshape(-1).copy()
+    for sample_id, row in gone:
+        theta -= lam[list(ids).index(sample_id)] * (2.0 * y_user[row] - 1.0) * x_user[row].astype(np.float64)
+    np.testing.assert_allclose(second["weights"]["1.weight"].numpy().reshape(-1), theta, rtol=1e-10, atol=1e-12)
+    # the kept duals lost the forgotten samples, the others are unchanged
+    kept = second["duals"]["ids"].numpy()
+    assert set(kept) == set(ids) - {i for i, _ in gone}
+    np.testing.assert_array_equal(second["duals"]["duals"].numpy(), lam[np.isin(ids, kept)])
+
+
+def test_a_failed_measured_gate_falls_back_to_retraining(rt):
+    model_id, _ = _ga_model(rt, max_mia_auc=0.0)  # never met
+    assert run_job(rt, forget_job(rt, model_id, "subject-004")) == "succeeded"
+    with rt.session_factory() as s:
+        v2 = _versions(s, model_id)[-1]
+        assert v2.bound["guarantee"] == "exact" and v2.bound["fallback"]["to"] == "zero+retrain"
+        assert any("membership-inference AUC" in r for r in v2.bound["fallback"]["reasons"])
+        duals = _artifacts(rt, s, v2)["duals"]
+    assert len(duals["ids"]) == 80 - 4  # retrained on D_r: the duals are D_r's
