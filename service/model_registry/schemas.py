@@ -5,7 +5,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 # The one exception to "service never imports workers": the torch-free method configs (DESIGN §6.8).
 from workers.unlearning.methods import config_classes
@@ -74,11 +74,13 @@ class ModelCreate(BaseModel):
                 data = {**data, "method_config": {"method": method, **raw}}
         return data
 
-    @model_validator(mode="after")
-    def _same_method(self) -> "ModelCreate":
-        if self.method_config.method != self.method:
-            raise ValueError(f"method_config.method {self.method_config.method!r} is not the model's method {self.method!r}")
-        return self
+    @field_validator("method_config")
+    @classmethod
+    def _same_method(cls, v: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if method is not None and v.method != method:
+            raise ValueError(f"method_config.method {v.method!r} is not the model's method {method!r}")
+        return v
 
     def stored_method_config(self) -> dict[str, Any]:
         """Every key with its value or default; ``method`` is its own column."""

@@ -54,7 +54,6 @@ class GradientAscentConfig(MethodConfig):
 
     @classmethod
     def model_problems(cls, architecture: str, num_classes: int) -> list[tuple[str, str]]:
-        """(field, message) for a registration this method cannot serve (checked with the model)."""
         out = []
         if architecture not in cls.architectures:
             out.append(("architecture", f"gradient_ascent serves bias-free homogeneous networks with a fixed output layer only "
