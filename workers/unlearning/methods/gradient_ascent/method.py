@@ -234,7 +234,7 @@ class GradientAscent:
         return AscentResult(operation="zero")
 
     # -- forgetting ------------------------------------------------------------------------------
-    def _duals_of(self, model: AscentModel, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def duals_of(self, model: AscentModel, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(λ of each id, 0 for ids the model never trained on; whether each id is kept)."""
         if model.ids.numel() == 0:
             return torch.zeros(len(ids), dtype=DTYPE), torch.zeros(len(ids), dtype=torch.bool)
@@ -275,13 +275,13 @@ class GradientAscent:
             take = torch.isin(rm_ids, gone).nonzero().reshape(-1)
             take = take[torch.argsort(rm_ids[take])]
             removed.validate(2)
-            lam, _ = self._duals_of(model, rm_ids[take])
-            before = kkt_figures(model, retained, self._duals_of(model, r_ids)[0])["stationarity"]
+            lam, _ = self.duals_of(model, rm_ids[take])
+            before = kkt_figures(model, retained, self.duals_of(model, r_ids)[0])["stationarity"]
             self.step(model, removed.x[take], removed.y[take], lam)
         else:
             before = None
         # the kept duals now describe D_r (new samples enter with λ = 0: never trained on)
-        lam_r, _ = self._duals_of(model, r_ids)
+        lam_r, _ = self.duals_of(model, r_ids)
         order = torch.argsort(r_ids)
         model.ids, model.duals = r_ids[order], lam_r[order]
         figures = kkt_figures(model, retained, lam_r)
