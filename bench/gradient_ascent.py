@@ -79,11 +79,14 @@ def case(name: str, arch: str, train, ev, k: int, cfg) -> dict:
     retained, removed = src.subset(keep), src.subset(gone)
     theta = model.theta().clone()
     # the step alone (forget also computes the KKT figures on D_r, two passes over it, for the log)
-    copy = METHOD.load_private(METHOD.save_private(model), cfg)
-    lam, _ = METHOD.duals_of(copy, torch.as_tensor(gone))
-    t = time.perf_counter()
-    METHOD.step(copy, removed.x, removed.y, lam)
-    step_s = time.perf_counter() - t
+    # (the fastest of 5 runs on fresh copies: sub-millisecond times on a shared machine are noisy)
+    blobs, step_s = METHOD.save_private(model), float("inf")
+    for _ in range(5):
+        copy = METHOD.load_private(blobs, cfg)
+        lam, _ = METHOD.duals_of(copy, torch.as_tensor(gone))
+        t = time.perf_counter()
+        METHOD.step(copy, removed.x, removed.y, lam)
+        step_s = min(step_s, time.perf_counter() - t)
     before = {"eval_accuracy": METHOD.evaluate(model, evs, cfg)["accuracy"],
               "forget_accuracy": METHOD.evaluate(model, removed, cfg)["accuracy"],
               "mia_auc": METHOD.membership_auc(model, removed, evs, cfg)}
