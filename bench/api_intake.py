@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from service.core import migrate  # noqa: E402
 from service.core.db import make_engine, make_session_factory  # noqa: E402
 from service.core.config import DatabaseSettings  # noqa: E402
-from service.core.security import create_token  # noqa: E402
+from service.client.tokens import create_token  # noqa: E402
 from service.models import Model, Role  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -25,7 +25,7 @@ import api_intake as ai  # noqa: E402
 
 from service.core.config import DatabaseSettings  # noqa: E402
 from service.core.db import make_engine, make_session_factory  # noqa: E402
-from service.core.security import create_token  # noqa: E402
+from service.client.tokens import create_token  # noqa: E402
 from service.model_registry.service import move_alias  # noqa: E402
 from service.models import Model, ModelVersion, Role  # noqa: E402
 from service.models._types import utcnow  # noqa: E402

@@ -29,7 +29,7 @@ import procs  # noqa: E402  (process helpers shared with the integration tests)
 from service.core import migrate  # noqa: E402
 from service.core.db import make_engine, make_session_factory  # noqa: E402
 from service.core.config import DatabaseSettings  # noqa: E402
-from service.core.security import create_token  # noqa: E402
+from service.client.tokens import create_token  # noqa: E402
 from service.models import Role  # noqa: E402
 
 DB = "lethe_bench_pipeline"

@@ -43,7 +43,7 @@ import s3_support  # noqa: E402  (the loopback S3 server of the test suite)
 from service.core import migrate  # noqa: E402
 from service.core.config import DatabaseSettings, Settings, StorageSettings  # noqa: E402
 from service.core.db import make_engine, make_session_factory  # noqa: E402
-from service.core.security import create_token  # noqa: E402
+from service.client.tokens import create_token  # noqa: E402
 from service.models import Role  # noqa: E402
 
 DB = f"lethe_bench_scale_{os.getpid()}"

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core import migrate
 from service.core.config import Settings
-from service.core.security import clear_token_cache, create_token
+from service.client.tokens import clear_token_cache, create_token
 from service.main import create_app
 from service.models import Base, Role
 

@@ -14,7 +14,8 @@ from service.audit.schemas import AuditEventRead, AuditPage, ChainVerificationRe
 from service.audit.service import checkpoint_dict, latest_checkpoint, verify_chain
 from service.core.db import get_session
 from service.core.errors import NotFound
-from service.core.security import Principal, require, subject_key
+from service.client.tokens import Principal, require
+from service.core.security import subject_key
 from service.core.types import INT64_MAX, SubjectId
 from service.models import Role
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from service.client import service
 from service.client.schemas import ClientCreate, ClientRead, TokenCreate, TokenCreated, TokenRead
 from service.core.db import get_session
-from service.core.security import Principal, require
+from service.client.tokens import Principal, require
 
 router = APIRouter(tags=["clients and tokens"])
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.audit.service import append_event
 from service.client.schemas import ClientRead, TokenCreated, TokenRead
 from service.core.errors import Conflict, NotFound
-from service.core.security import create_token, revoke_token
+from service.client.tokens import create_token, revoke_token
 from service.models import ApiToken, Client, Role
 from service.models._types import utcnow
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db import get_session
 from service.core.errors import UnsupportedMediaType
-from service.core.security import Principal, authenticate, require
+from service.client.tokens import Principal, authenticate, require
 from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, SubjectId
 from service.deletion_request import service
 from service.deletion_request.schemas import (

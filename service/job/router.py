@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.core.db import get_session
 from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX
 from service.core.pagination import decode_cursor, encode_cursor
-from service.core.security import Principal, require
+from service.client.tokens import Principal, require
 from service.job import repository as repo
 from service.job import service
 from service.job.schemas import JobPage, JobRead, ZeroCreate

@@ -351,17 +351,25 @@ def lock_owned(session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
     return job if owned_by(job, attempt) else None
 
 
+def claimable(job: Job | None, settings: Settings, now: datetime) -> bool:
+    """Whether a delivery of this job has anything to do: it exists, is not finished, and no live
+    worker holds it (a running job whose heartbeat is fresh). ``claim`` decides under the row
+    lock; the isolated runner asks first, without a lock, so a duplicate delivery starts no process."""
+    if job is None or job.status not in (JobStatus.queued.value, JobStatus.running.value):
+        return False
+    if job.status == JobStatus.running.value and job.heartbeat_at is not None:
+        return (now - _aware(job.heartbeat_at)).total_seconds() >= settings.pipeline.heartbeat_timeout_s
+    return True
+
+
 def claim(session: Session, settings: Settings, job_id: uuid.UUID, *, now: datetime | None = None) -> int | None:
     """Take the job (running, attempts + 1) and return the attempt number, or None when there is
     nothing to do: unknown or finished job, or a live worker holds it (a duplicate delivery). A
     job already at ``max_attempts`` ends ``failed`` and its requests go back to the queue."""
     job = repo.job_for_update(session, job_id)
-    if job is None or job.status not in (JobStatus.queued.value, JobStatus.running.value):
-        return None
     now = now or utcnow()
-    if job.status == JobStatus.running.value and job.heartbeat_at is not None:
-        if (now - _aware(job.heartbeat_at)).total_seconds() < settings.pipeline.heartbeat_timeout_s:
-            return None
+    if not claimable(job, settings, now):
+        return None
     if exhausted(job):
         fail_job(session, settings, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
         return None

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from service.core.db import read_session
-from service.core.security import authenticate, require
+from service.client.tokens import authenticate, require
 from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Job, Model, ModelVersion, Role
 from service.models._types import utcnow
 

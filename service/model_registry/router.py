@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_session, read_session
 from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType, ValidationFailed
-from service.core.security import Principal, authenticate, cached_principal, require
+from service.client.tokens import Principal, authenticate, cached_principal, require
 from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, PastDateTime
 from service.model_registry import service, uploads
 from service.model_registry.schemas import (

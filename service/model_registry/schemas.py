@@ -51,6 +51,10 @@ class ModelCreate(BaseModel):
     linearize: str = "all"
     method: MethodName = Field("mixed_linear", description="a registered forgetting method (its config is method_config)")
     method_config: MethodConfigUnion = Field(description="the method's settings; unknown keys are refused")
+    # After method_config: its validator reads the validated config (what the method serves).
+    family: Literal["mixed_linear", "linear_head", "standard"] | None = Field(
+        None, validate_default=True,
+        description="what the user brings (DESIGN §6.8); must be one the method serves; omitted: the method's only family")
     batch_window_s: int = Field(3600, ge=0, le=INT32_MAX)
     batch_size: int = Field(100, ge=1, le=INT32_MAX)
     auto_approve: bool = True
@@ -82,6 +86,21 @@ class ModelCreate(BaseModel):
             raise ValueError(f"method_config.method {v.method!r} is not the model's method {method!r}")
         return v
 
+    @field_validator("family")
+    @classmethod
+    def _family_served(cls, v: str | None, info: ValidationInfo) -> str | None:
+        config = info.data.get("method_config")
+        if config is None:  # the method or its config is already refused
+            return v
+        served = type(config).families
+        if v is None:
+            if len(served) != 1:
+                raise ValueError(f"method {config.method!r} serves the families {sorted(served)}: say which")
+            return next(iter(served))
+        if v not in served:
+            raise ValueError(f"method {config.method!r} does not serve family {v!r}; it serves {sorted(served)}")
+        return v
+
     def stored_method_config(self) -> dict[str, Any]:
         """Every key with its value or default; ``method`` is its own column."""
         return self.method_config.model_dump(mode="json", exclude={"method"})
@@ -108,6 +127,7 @@ class ModelRead(BaseModel):
     input_shape: list[int]
     num_classes: int
     linearize: str
+    family: str
     method: str
     method_config: dict[str, Any]
     batch_window_s: int
@@ -155,6 +175,8 @@ class VersionManifest(BaseModel):
     format: str
     parent: int | None
     created_at: datetime
+    family: str
+    method: str
     architecture: str
     architecture_config: dict[str, Any]
     linearize: str

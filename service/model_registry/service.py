@@ -100,14 +100,15 @@ def register(session: Session, data: ModelCreate, actor: str, settings: Settings
             session.flush()
     except IntegrityError:
         raise ModelExists(f"A model named '{data.name}' already exists", model=data.name) from None
-    append_event(session, actor=actor, kind="model.registered", payload={"model": data.name, "architecture": data.architecture})
+    append_event(session, actor=actor, kind="model.registered", payload={"model": data.name, "architecture": data.architecture,
+                                                                                "family": model.family, "method": model.method})
     return model
 
 
 def _read(model: Model, counts: dict[str, int], latest: int | None) -> ModelRead:
     return ModelRead(
         name=model.name, architecture=model.architecture, architecture_config=model.architecture_config,
-        input_shape=model.input_shape, num_classes=model.num_classes, linearize=model.linearize, method=model.method,
+        input_shape=model.input_shape, num_classes=model.num_classes, linearize=model.linearize, family=model.family, method=model.method,
         method_config=model.method_config, batch_window_s=model.batch_window_s, batch_size=model.batch_size,
         auto_approve=model.auto_approve, auto_promote=model.auto_promote, sla_days=model.sla_days,
         samples={s: int(counts.get(s, 0)) for s in SPLITS}, latest_version=latest, created_at=_aware(model.created_at),
@@ -257,7 +258,7 @@ def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, alias
     return VersionManifest(
         model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
         parent=repo.version_number(session, v.parent_id), created_at=_aware(v.created_at),
-        architecture=model.architecture, architecture_config=model.architecture_config,
+        family=model.family, method=model.method, architecture=model.architecture, architecture_config=model.architecture_config,
         linearize=model.linearize, input_shape=model.input_shape, num_classes=model.num_classes,
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
         state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,

@@ -24,6 +24,8 @@ class Model(Base):
     input_shape: Mapped[list[int]] = mapped_column(JSONType)
     num_classes: Mapped[int] = mapped_column(Integer)
     linearize: Mapped[str] = mapped_column(String(32), default="all")
+    # What the user brought (DESIGN §6.8): mixed_linear | linear_head | standard; the method serves it.
+    family: Mapped[str] = mapped_column(String(32), default="mixed_linear", server_default="mixed_linear")
     method: Mapped[str] = mapped_column(String(64), default="mixed_linear")
     # Forgetting settings: l2 (mu), target_scale (kappa), noise_std (s), tolerances, gates.
     method_config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

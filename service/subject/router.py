@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.core.db import get_session
 from service.core.types import SubjectId
-from service.core.security import Principal, require
+from service.client.tokens import Principal, require
 from service.models import Role
 from service.subject.schemas import SubjectReceipt
 from service.subject.service import receipt

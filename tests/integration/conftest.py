@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 import procs
-from service.core.security import create_token
+from service.client.tokens import create_token
 from service.models import Role
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
-from service.core.security import create_token
+from service.client.tokens import create_token
 from service.models import Base, Role
 
 pytestmark = pytest.mark.integration

@@ -80,7 +80,7 @@ def create_tokens(data: Path, role: str, n: int, name: str = "test") -> list[str
     start for many tokens), written into the running server's database."""
     from service.cli import embedded_settings
     from service.core.db import make_engine, make_session_factory
-    from service.core.security import create_token
+    from service.client.tokens import create_token
     from service.models import Role
 
     engine = make_engine(embedded_settings(data).database)

@@ -8,7 +8,7 @@ import sys
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from service.core.security import hash_token
+from service.client.tokens import hash_token
 from service.models import ApiToken
 
 

@@ -16,7 +16,7 @@ from service.cli import embedded_settings
 from service.core import db as core_db
 from service.core import migrate
 from service.core.db import scrub_deleted
-from service.core.security import clear_token_cache, create_token
+from service.client.tokens import clear_token_cache, create_token
 from service.main import create_app
 from service.models import Role
 

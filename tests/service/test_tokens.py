@@ -10,7 +10,7 @@ import time
 
 from sqlalchemy import select, update
 
-from service.core.security import hash_token
+from service.client.tokens import hash_token
 from service.models import ApiToken, AuditEvent, Client
 from service.models._types import utcnow
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from service.core.config import Settings
 from service.job import service as job_service
 from service.models import Job
+from service.models._types import utcnow
 from workers.execution.common import memory_cap_text, out_of_memory
 from workers.runtime import Runtime
 
@@ -57,10 +58,11 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def _job_state(rt: Runtime, job_id: uuid.UUID) -> tuple[str | None, int]:
+def _job_state(rt: Runtime, job_id: uuid.UUID) -> tuple[bool, int]:
+    """(whether a delivery has anything to do, attempts so far), read without a lock."""
     with rt.session_factory() as session:
         job = session.get(Job, job_id)
-        return (job.status, job.attempts) if job is not None else (None, 0)
+        return job_service.claimable(job, rt.settings, utcnow()), (job.attempts if job is not None else 0)
 
 
 def _fail_killed(rt: Runtime, job_id: uuid.UUID, attempts_before: int, error: str, *, retry: bool) -> str:
@@ -75,7 +77,9 @@ def run_isolated(rt: Runtime, job_id: uuid.UUID | str) -> str:
     """Run the job in a child process under the memory cap; the same statuses as ``run_job``."""
     job_id = uuid.UUID(str(job_id))
     jobs = rt.settings.jobs
-    _, attempts_before = _job_state(rt, job_id)
+    claimable, attempts_before = _job_state(rt, job_id)
+    if not claimable:  # a duplicate delivery (or a finished job): no process to start
+        return "skipped"
     cap = jobs.memory_limit_mb << 20
     env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
     fd, result_name = tempfile.mkstemp(prefix="lethe-job-", suffix=".status")

@@ -33,6 +33,10 @@ def _validate(method: object) -> None:
         check_config_class(name, getattr(method, "config_cls", None))
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    for attr in ("families", "kinds"):
+        if frozenset(getattr(method, attr)) != getattr(method.config_cls, attr):
+            raise ConfigError(f"{name}: {attr} {sorted(getattr(method, attr))} differ from its config's "
+                              f"{sorted(getattr(method.config_cls, attr))} (the service checks the config's)")
     artifacts = getattr(method, "private_artifacts", None)
     if (not isinstance(artifacts, tuple) or not artifacts or len(set(artifacts)) != len(artifacts)
             or not all(isinstance(a, str) and NAME.match(a) for a in artifacts)):

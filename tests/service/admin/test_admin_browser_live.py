@@ -25,7 +25,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from service.core.config import Settings
-from service.core.security import create_token, subject_key
+from service.client.tokens import create_token
+from service.core.security import subject_key
 from service.main import create_app
 from service.models import DeletionRequest, Model, Role
 from service.models._types import utcnow

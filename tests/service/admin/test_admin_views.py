@@ -466,6 +466,16 @@ def test_pages_have_landmarks_headings_and_labels(client, db):
         assert "<table" not in html or '<th scope="col">' in html
 
 
+def test_the_menu_is_the_registered_pages_in_order(client):
+    from service.admin.views import PAGES
+
+    _signed_in(client, "auditor")
+    menu = re.search(r'<nav aria-label="Main">(.*?)</nav>', client.get("/admin/audit").text, re.S).group(1)
+    shown = re.findall(r'<a href="/admin([^"]*)"[^>]*>([^<]+)</a>', menu)
+    assert shown == [page.NAV for page in PAGES if page.NAV]
+    assert ("/audit", "Audit") in shown and ("/", "Overview") in shown
+
+
 def test_security_headers_forbid_framing_and_foreign_scripts(client):
     for r in (client.get("/admin/login"), client.get("/admin/static/admin.js")):
         assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
@@ -497,3 +507,7 @@ def test_every_button_shown_is_a_legal_transition(client, db, status):
     shown = set(re.findall(rf'action="/admin/requests/{r.id}/(\w+)"', page))
     legal = {a for a, (allowed, _, _) in TRANSITIONS.items() if RequestStatus(status) in allowed}
     assert shown == legal, (status, shown, legal)
+    # the list page's bulk approval offers a request's checkbox only where approve is legal
+    listed = client.get("/admin/requests").text
+    assert str(r.id) in listed
+    assert (f'name="ids" value="{r.id}"' in listed) == ("approve" in legal), (status, legal)

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from service.core.security import create_token
+from service.client.tokens import create_token
 from service.models import AuditEvent, DeletionRequest, Role
 
 URL = "/v1/deletion-requests"

@@ -28,6 +28,14 @@ def test_register_stores_typed_settings_and_location(client, db):
     assert stored.architecture_config == {"in_features": 3, "num_classes": 2, "hidden": [4], "activation": "relu"}
     kinds = db.execute(select(AuditEvent.kind)).scalars().all()
     assert "model.registered" in kinds
+    # the family defaults to the method's only one, and is stored and read back
+    assert body["family"] == "mixed_linear" and stored.family == "mixed_linear"
+
+
+def test_an_explicit_family_the_method_serves_is_accepted(client, db):
+    r = _register(client, family="mixed_linear")
+    assert r.status_code == 201, r.text
+    assert db.execute(select(Model.family)).scalar_one() == "mixed_linear"
 
 
 @pytest.mark.parametrize("bad,field", [
@@ -42,6 +50,7 @@ def test_register_stores_typed_settings_and_location(client, db):
     ({"architecture_config": [1, 2]}, "architecture_config"),
     ({"method_config": {"unknown_key": 1}}, "unknown_key"), ({"method_config": {"dtype": "float16"}}, "dtype"),
     ({"method_config": {"method": "gradient_ascent"}}, "method"), ({"method_config": {"cache_bytes": -1}}, "cache_bytes"),
+    ({"family": "transformer"}, "family"), ({"family": "standard"}, "family"), ({"family": None, "method": "nope"}, "method"),
 ])
 def test_registration_refuses_bad_fields_and_writes_nothing(client, db, bad, field):
     r = _register(client, **bad)

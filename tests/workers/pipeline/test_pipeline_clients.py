@@ -7,7 +7,7 @@ from pipeline_support import SECRET, load_all, make_data, register_model
 from sqlalchemy import func, select
 
 from service.audit.service import latest_checkpoint, verify_chain
-from service.core.security import create_token
+from service.client.tokens import create_token
 from service.deletion_request import service as requests
 from service.deletion_request.schemas import DeletionRequestCreate
 from service.job import service as job_service

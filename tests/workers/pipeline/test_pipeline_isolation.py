@@ -168,3 +168,26 @@ def test_a_legacy_import_path_that_is_not_declared_fails_the_job_and_is_never_im
     assert "architecture 'lethe_legacy_net:build' is not registered here" in job.error
     assert not marker.exists() and versions == 0
     assert [r.status for r in reqs] == ["queued", "queued"]
+
+
+def test_a_duplicate_delivery_starts_no_process(rt, nets, monkeypatch):
+    """A finished job, and one a live worker holds (fresh heartbeat), are skipped before any child
+    process starts (a child costs a Python + torch start-up and memory)."""
+    import subprocess
+
+    from sqlalchemy import update
+
+    from service.models import Job
+    from service.models._types import utcnow
+
+    job_id, _, _ = _forget_job(rt, "mlp")
+    assert run_isolated(rt, job_id) == "succeeded"
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    assert run_isolated(rt, job_id) == "skipped"
+    # held by a live worker: running with a fresh heartbeat
+    with rt.session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="running", heartbeat_at=utcnow()))
+    assert run_isolated(rt, job_id) == "skipped"
+    assert started == []

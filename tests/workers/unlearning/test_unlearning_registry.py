@@ -67,8 +67,23 @@ def test_register_refuses_an_entry_missing_an_attribute_with_a_config_error(abse
 def test_register_accepts_every_family_and_kind_at_once():
     from workers.unlearning.methods import FAMILIES, KINDS
 
-    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS)))
+    class Every(_Cfg):
+        families = frozenset(FAMILIES)
+        kinds = frozenset(KINDS)
+
+    register(_variant(families=frozenset(FAMILIES), kinds=frozenset(KINDS), config_cls=Every))
     unregister("reg_probe")
+
+
+@pytest.mark.parametrize("attr", ["families", "kinds"])
+def test_register_refuses_a_method_whose_families_or_kinds_differ_from_its_config(attr):
+    """The service checks a model's family and a request's kind against the config's declaration
+    (torch-free); a method that serves something else would be reached by requests it cannot serve."""
+    from workers.unlearning.methods import FAMILIES, KINDS
+
+    with pytest.raises(ConfigError, match=f"{attr} .* differ from its config"):
+        register(_variant(**{attr: frozenset(FAMILIES if attr == "families" else KINDS)}))
+    assert "reg_probe" not in list_methods()
 
 
 def test_unregister_of_an_unknown_name_is_a_no_op():

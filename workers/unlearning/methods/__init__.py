@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,6 +31,11 @@ class MethodConfig(BaseModel):
     chunk size the runner streams data in."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # What the method serves, declared here (torch-free) so that the service can check a model's
+    # ``family`` and a request's kind at registration; the method class must say the same.
+    families: ClassVar[frozenset[str]] = frozenset()
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     method: str
     chunk_size: int = Field(4096, ge=1, description="samples per streamed chunk")
@@ -61,6 +66,10 @@ def check_config_class(name: str, cls: Any) -> None:
         raise TypeError(f"the config of {name!r} must forbid unknown keys")
     if config_name(cls) != name:
         raise TypeError(f"the config of {name!r} says method={config_name(cls)!r}")
+    for attr, allowed in (("families", FAMILIES), ("kinds", KINDS)):
+        value = getattr(cls, attr, None)
+        if not isinstance(value, frozenset) or not value or not value <= set(allowed):
+            raise TypeError(f"the config of {name!r} must declare {attr} as a non-empty frozenset of {allowed}")
     try:
         cls()
     except ValidationError as exc:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -9,6 +9,9 @@ from workers.unlearning.methods import MethodConfig
 
 class MixedLinearConfig(MethodConfig):
     """Settings of the ``mixed_linear`` method. ``method`` doubles as the registry key."""
+
+    families: ClassVar[frozenset[str]] = frozenset({"mixed_linear"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
 
     method: Literal["mixed_linear"] = "mixed_linear"
     l2: float = Field(1e-3, gt=0, description="μ: L2 regularisation of the user weights")
