@@ -21,6 +21,7 @@ def _register(client, **over):
     ({"architecture_config": {"bias": True}}, "architecture-invalid", ["bias"]),
     ({"architecture": "two_layer_relu", "architecture_config": {"hidden": 4, "train_output": True}}, "architecture-invalid",
      ["train_output"]),
+    ({"family": "mixed_linear"}, "validation-error", ["does not serve family 'mixed_linear'"]),
     ({"method_config": {"optimizer": "adam"}}, "validation-error", ["optimizer"]),
     ({"method_config": {"momentum": 0.9}}, "validation-error", ["momentum changes the iterates"]),
     ({"method_config": {"weight_decay": 1e-4}}, "validation-error", ["weight decay"]),
@@ -38,6 +39,6 @@ def test_homogeneous_binary_models_are_accepted(client, db, architecture, config
     r = _register(client, architecture=architecture, architecture_config=config, method_config={"steps": 100, "lr": 0.5})
     assert r.status_code == 201, r.text
     body = r.json()
-    assert body["method"] == "gradient_ascent" and body["method_config"]["optimizer"] == "gd" and body["method_config"]["steps"] == 100
+    assert body["method"] == "gradient_ascent" and body["family"] == "standard" and body["method_config"]["optimizer"] == "gd" and body["method_config"]["steps"] == 100
     # mixed_linear keeps serving every architecture it did
     assert _register(client, name="ml", architecture="mlp", method="mixed_linear", num_classes=3).status_code == 201

@@ -20,7 +20,7 @@ D = 40
 def _ga_model(rt, **config):
     data = make_data(n_subjects=20, per_subject=4, d=D, classes=2)
     model_id = trained(rt, "ga", data, d=D, classes=2, architecture="linear", linearize="all",
-                       architecture_config={"in_features": D, "num_classes": 2}, method="gradient_ascent",
+                       architecture_config={"in_features": D, "num_classes": 2}, family="standard", method="gradient_ascent",
                        method_config={"steps": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
     return model_id, data
 

@@ -27,6 +27,8 @@ class GradientAscentConfig(MethodConfig):
     """``gradient_ascent`` (Melamed, Yehudai, Vardi 2025; DESIGN §14.2): full-batch gradient descent
     on the mean logistic loss, then one scaled ascent step per forgotten sample."""
 
+    families: ClassVar[frozenset[str]] = frozenset({"standard"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
     # the homogeneous, bias-free, scalar-output networks the theory covers (DESIGN §14.2)
     architectures: ClassVar[tuple[str, ...]] = ("linear", "two_layer_relu")
 
