@@ -75,3 +75,38 @@ def test_a_failed_measured_gate_falls_back_to_retraining(rt):
         assert any("membership-inference AUC" in r for r in v2.bound["fallback"]["reasons"])
         duals = _artifacts(rt, s, v2)["duals"]
     assert len(duals["ids"]) == 80 - 4  # retrained on D_r: the duals are D_r's
+
+
+def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table truncation precedes the tokens
+    """Register, ingest, train, file a deletion request, forget: every step over HTTP, the jobs
+    run in process; the release's manifest carries the KKT figures and a binary label upload
+    beyond {0, 1} is refused."""
+    c = committed_app
+    admin, operator = c.auth("admin"), c.auth("operator")
+    spec = {"name": "ga-http", "architecture": "two_layer_relu", "architecture_config": {"hidden": 8}, "input_shape": [D],
+            "num_classes": 2, "method": "gradient_ascent", "method_config": {"steps": 200, "max_accuracy_drop": 0.5, "max_mia_auc": 1.0, "max_forget_accuracy_gap": 1.0}}
+    r = c.post("/v1/models", json=spec, headers=admin)
+    assert r.status_code == 201 and r.json()["family"] == "standard", r.text
+    data = make_data(n_subjects=10, per_subject=3, d=D, classes=2)
+    rows = [{"subject_id": s, "split": "user", "label": int(l), "x": x.tolist()}
+            for x, l, s in zip(*data["user"], data["subjects"], strict=True)]
+    rows += [{"subject_id": f"eval-{i}", "split": "eval", "label": int(l), "x": x.tolist()} for i, (x, l) in enumerate(zip(*data["eval"], strict=True))]
+    bad = c.post("/v1/models/ga-http/samples", json={"samples": [{**rows[0], "label": 2}]}, headers=admin)
+    assert bad.status_code == 422, bad.text
+    assert c.post("/v1/models/ga-http/samples", json={"samples": rows}, headers=admin).status_code == 201
+    train = c.post("/v1/models/ga-http/train", headers=admin).json()
+    assert run_job(rt, train["id"]) == "succeeded"
+    r = c.post("/v1/deletion-requests", json={"subject_id": "subject-002", "model": "ga-http"}, headers=c.auth("requester"))
+    assert r.status_code == 202, r.text
+    forget = c.post("/v1/models/ga-http/forget-now", headers=operator)
+    assert forget.status_code == 202, forget.text
+    assert run_job(rt, forget.json()["id"]) == "succeeded"
+    manifest = c.get("/v1/models/ga-http/versions/latest", headers=c.auth("serving")).json()
+    assert manifest["number"] == 2 and manifest["family"] == "standard" and manifest["method"] == "gradient_ascent"
+    bound = manifest["bound"]
+    assert bound["guarantee"] == "heuristic" and "fallback" not in bound and bound["figures"]["removed"] == 3
+    assert {"stationarity", "complementary_slackness", "min_margin", "feasible"} <= set(bound["figures"])
+    weights = c.get("/v1/models/ga-http/versions/latest/weights", headers=c.auth("serving"))
+    assert weights.status_code == 200 and set(load(weights.content)) == {"hidden.weight", "output"}
+    status = c.get(r.headers["location"], headers=c.auth("requester")).json()
+    assert status["status"] == "completed"
