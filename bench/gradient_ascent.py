@@ -130,7 +130,8 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{name:11s} {arch:15s} k={k}: step {r['step_s_per_sample'] * 1e3:.2f} ms/sample, "
                       f"retrain {r['retrain_s']:.2f} s, ×{r['speedup_vs_retrain']:.0f}", flush=True)
-    head = ("| data | network | n | d | k | step ms/sample | forget+figures ms/sample | retrain s | speed-up (step / forget+figures) | eval acc (orig / after / retrain) | "
+    head = ("| data | network | n | d | k | step ms/sample | forget+figures ms/sample | retrain s | speed-up (step / forget+figures) | "
+            "eval acc (orig / after / retrain) | "
             "forget acc (orig / after / retrain) | MIA AUC (orig / after / retrain) | stationarity (before / after / retrain) | "
             "compl. slackness (after / retrain) | margin (after / retrain) | cos θ⁻ / θ to retrain |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

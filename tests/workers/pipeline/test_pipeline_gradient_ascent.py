@@ -84,13 +84,15 @@ def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table tru
     c = committed_app
     admin, operator = c.auth("admin"), c.auth("operator")
     spec = {"name": "ga-http", "architecture": "two_layer_relu", "architecture_config": {"hidden": 8}, "input_shape": [D],
-            "num_classes": 2, "method": "gradient_ascent", "method_config": {"steps": 200, "max_accuracy_drop": 0.5, "max_mia_auc": 1.0, "max_forget_accuracy_gap": 1.0}}
+            "num_classes": 2, "method": "gradient_ascent",
+            "method_config": {"steps": 200, "max_accuracy_drop": 0.5, "max_mia_auc": 1.0, "max_forget_accuracy_gap": 1.0}}
     r = c.post("/v1/models", json=spec, headers=admin)
     assert r.status_code == 201 and r.json()["family"] == "standard", r.text
     data = make_data(n_subjects=10, per_subject=3, d=D, classes=2)
     rows = [{"subject_id": s, "split": "user", "label": int(l), "x": x.tolist()}
             for x, l, s in zip(*data["user"], data["subjects"], strict=True)]
-    rows += [{"subject_id": f"eval-{i}", "split": "eval", "label": int(l), "x": x.tolist()} for i, (x, l) in enumerate(zip(*data["eval"], strict=True))]
+    rows += [{"subject_id": f"eval-{i}", "split": "eval", "label": int(l), "x": x.tolist()}
+             for i, (x, l) in enumerate(zip(*data["eval"], strict=True))]
     bad = c.post("/v1/models/ga-http/samples", json={"samples": [{**rows[0], "label": 2}]}, headers=admin)
     assert bad.status_code == 422, bad.text
     assert c.post("/v1/models/ga-http/samples", json={"samples": rows}, headers=admin).status_code == 201
