@@ -73,3 +73,13 @@ def text_field(form: Any, name: str) -> str | None:
 def number(v: Any) -> float | None:
     """A metric value fit to plot (bools and non-numbers are not)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def bound_points(bounds: list[tuple[int, dict]]) -> tuple[list[tuple[int, float]], str, str]:
+    """(points, title, y label) of the bound chart: KL per version, or for an (ε, δ) model
+    (certified_removal) ε_spent per version with its δ and budget (a statement per release)."""
+    eps = [(n, y) for n, b in bounds if (y := number(b.get("epsilon_spent"))) is not None]
+    if eps:
+        last = bounds[-1][1]
+        return eps, f"ε spent per version (δ={last.get('delta')}, budget ε={last.get('epsilon_budget')}; per release)", "epsilon_spent"
+    return [(n, y) for n, b in bounds if (y := number(b.get("kl_nats"))) is not None], "information bound per version", "kl_nats"

@@ -46,6 +46,12 @@ class DatabaseCollector:
             names = dict(session.execute(select(Model.id, Model.name)).all())
             bound = GaugeMetricFamily("lethe_last_bound_kl_nats", "Information bound of the newest version", labels=["model"])
             acc = GaugeMetricFamily("lethe_last_eval_accuracy", "Eval accuracy of the newest version", labels=["model"])
+            # (ε, δ) models (certified_removal): the newest release's statement, per release
+            eps = {key: GaugeMetricFamily(f"lethe_last_{key}", text, labels=["model"]) for key, text in (
+                ("epsilon_spent", "ε spent since the last retrain, newest version (per release, not summed)"),
+                ("epsilon_budget", "ε budget of the newest version (a job that would pass it retrains)"),
+                ("budget_left", "ε budget left after the newest version"),
+                ("delta", "δ of the newest version's (ε, δ) statement"))}
             for mid, name in names.items():
                 v = session.execute(
                     select(ModelVersion).where(ModelVersion.model_id == mid).order_by(ModelVersion.number.desc()).limit(1)
@@ -57,8 +63,13 @@ class DatabaseCollector:
                     bound.add_metric([name], float(kl))
                 if isinstance((v.metrics or {}).get("eval_accuracy"), (int, float)):
                     acc.add_metric([name], float(v.metrics["eval_accuracy"]))
+                for key, gauge in eps.items():
+                    value = (v.bound or {}).get(key)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        gauge.add_metric([name], float(value))
             yield bound
             yield acc
+            yield from eps.values()
             per_model = GaugeMetricFamily("lethe_versions", "Model versions per model and state", labels=["model", "state"])
             for mid, state, n in session.execute(
                 select(ModelVersion.model_id, ModelVersion.state, func.count()).group_by(ModelVersion.model_id, ModelVersion.state)

@@ -35,7 +35,9 @@ class ReleaseBound(BaseModel):
     created_at: datetime
     state: str
     guarantee: str | None
-    kl_nats: float | None = Field(description="null: this release carries no finite bound")
+    kl_nats: float | None = Field(description="null: this release carries no finite KL bound")
+    epsilon_spent: float | None = Field(None, description="(ε, δ) releases (certified_removal): ε spent since the last retrain")
+    delta: float | None = Field(None, description="the δ of epsilon_spent")
 
 
 class ModelReceipt(BaseModel):
@@ -56,6 +58,11 @@ class ModelReceipt(BaseModel):
     releases_since_deletion: int
     releases: list[ReleaseBound]
     unbounded_versions: list[int]
+    latest_epsilon_spent: float | None = Field(
+        None, description="(ε, δ) models: the newest release's ε_spent. It already accumulates every removal since the "
+        "last retrain; releases share the secret perturbation, so the statement holds per release and is never summed")
+    latest_delta: float | None = None
+    epsilon_statement: str | None = Field(None, description='"per release" for (ε, δ) models')
 
 
 class SubjectReceipt(BaseModel):

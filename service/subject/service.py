@@ -18,6 +18,10 @@ Per model that holds or held the subject:
   served). A zeroed or retrained release contributes exactly 0; a release without a finite bound
   makes the sum unbounded (``math.inf``, which JSON renders as ``null``) and is named in
   ``unbounded_versions``.
+* (ε, δ) releases (``certified_removal``, DESIGN §14.4) state no KL: each shows its ``epsilon_spent``
+  and ``delta``, and the model's ``latest_epsilon_spent`` is the newest release's. β accumulates
+  every removal since the last retrain and releases between retrains share the secret b, so the
+  statement holds per release and is never summed. They are not counted as unbounded.
 
 A subject never seen is a real answer: 200 with empty lists.
 """
@@ -56,6 +60,13 @@ def _kl(bound: dict[str, Any] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return kl if math.isfinite(kl) and kl >= 0 else None
+
+
+def _finite(bound: dict[str, Any] | None, key: str) -> float | None:
+    value = (bound or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _held_entries(req: DeletionRequest, model_names: dict[int, str]) -> list[HeldVersion]:
@@ -164,10 +175,12 @@ def _model_receipt(
         ).scalars():
             b = v.bound or {}
             releases.append(ReleaseBound(number=v.number, created_at=v.created_at, state=v.state,
-                                         guarantee=b.get("guarantee") if isinstance(b.get("guarantee"), str) else None, kl_nats=_kl(b)))
-    unbounded = [r.number for r in releases if r.kl_nats is None]
+                                         guarantee=b.get("guarantee") if isinstance(b.get("guarantee"), str) else None, kl_nats=_kl(b),
+                                         epsilon_spent=_finite(b, "epsilon_spent"), delta=_finite(b, "delta")))
+    unbounded = [r.number for r in releases if r.kl_nats is None and r.epsilon_spent is None]
     # No finite bound for one release: the sum is unbounded (inf here, null in JSON).
-    total = math.inf if unbounded else math.fsum(r.kl_nats for r in releases)  # type: ignore[misc]
+    total = math.inf if unbounded else math.fsum(r.kl_nats for r in releases if r.kl_nats is not None)
+    latest = releases[-1] if releases and releases[-1].epsilon_spent is not None else None
     return ModelReceipt(
         model=name,
         samples_remaining=remaining,
@@ -183,4 +196,7 @@ def _model_receipt(
         releases_since_deletion=len(releases),
         releases=releases,
         unbounded_versions=unbounded,
+        latest_epsilon_spent=latest.epsilon_spent if latest else None,
+        latest_delta=latest.delta if latest else None,
+        epsilon_statement="per release" if latest else None,
     )

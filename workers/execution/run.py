@@ -64,10 +64,11 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 
 def _bound_from(d: dict) -> Bound:
     fields = Bound.__dataclass_fields__
-    vals = {k: d[k] for k in fields if k in d}
+    vals = {k: d[k] for k in fields if k in d and k != "extra"}
     for k in ("residual_norm", "mu", "noise_std", "kl_nats", "kl_bits"):
         vals[k] = float(vals[k])
     vals["iterations"] = int(vals["iterations"])
+    vals["extra"] = {k: v for k, v in d.items() if k not in fields}
     return Bound(**vals)
 
 

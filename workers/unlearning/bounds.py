@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,15 @@ class Bound:
     iterations: int
     kl_nats: float
     kl_bits: float
-    # a method's own success figures, logged with the version (e.g. gradient_ascent's KKT criteria)
-    figures: dict[str, float] = field(default_factory=dict)
+    # what a method reports beyond the KL figure (certified_removal: ε_spent, δ, the budget left;
+    # gradient_ascent: its KKT figures under ``kkt``);
+    # flattened into :meth:`to_dict`, so versions, audit events and receipts carry it
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
 
 
 def kl_nats(residual_norm: float, mu: float, noise_std: float) -> float:

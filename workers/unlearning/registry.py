@@ -11,6 +11,7 @@ from __future__ import annotations
 from workers.unlearning.errors import ConfigError
 from workers.unlearning.methods import FAMILIES, GUARANTEES, KINDS, NAME, check_config_class, register_config, unregister_config
 from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
+from workers.unlearning.methods.certified_removal.method import CertifiedRemoval
 from workers.unlearning.methods.gradient_ascent.method import GradientAscent
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
 
@@ -77,6 +78,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(), GradientAscent()):  # one line per built-in method
+for _builtin in (MixedLinear(), CertifiedRemoval(), GradientAscent()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)

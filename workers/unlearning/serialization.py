@@ -19,10 +19,12 @@ import torch
 from safetensors.torch import load, save
 
 from workers.unlearning.errors import ConfigError
+from workers.unlearning.files import read_metadata
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
 
 FORMAT = "lethe.mixed_linear/1"
+LINEAR_HEAD_FORMAT = "lethe.linear_head/1"  # certified_removal.method.FORMAT (kept equal by its tests)
 
 
 def to_bytes(model: MixedLinearModel, user_override: dict[str, torch.Tensor] | None = None, metadata: dict[str, Any] | None = None) -> bytes:
@@ -63,14 +65,13 @@ def save_weights(path: str | Path, model: MixedLinearModel, user_override: dict[
     return hashlib.sha256(data).hexdigest()
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
-
-
 def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
                           architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     meta = read_metadata(data)
+    if meta.get("format") == LINEAR_HEAD_FORMAT:  # a certified_removal release: extractor + linear head
+        from workers.unlearning.methods.certified_removal.method import load_linear_head
+
+        return load_linear_head(data, architectures=architectures)
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe mixed-linear weights file (format={meta.get('format')!r})")
     arch = meta.get("architecture")
@@ -101,5 +102,6 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
 def load_model(path: str | Path, device: str | torch.device = "cpu", *,
                architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
     """A ready ``torch.nn.Module`` computing f_ML, from the weights file and the architecture
-    registry (plus ``architectures``, builders passed explicitly by key)."""
+    registry (plus ``architectures``, builders passed explicitly by key). A ``linear_head`` release
+    (``certified_removal``) loads as its ``LinearHeadNet`` (scores, ``.predict``)."""
     return load_model_from_bytes(Path(path).read_bytes(), device=device, architectures=architectures)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.admin.auth import check_post, need, who
 from service.admin.charts import line_chart
-from service.admin.web import PREFIX, BadInput, factory, fragment, number, redirect, render, settings, text_field
+from service.admin.web import PREFIX, BadInput, bound_points, factory, fragment, number, redirect, render, settings, text_field
 from service.core.db import read_session
 from service.job import service as job_service
 from service.job.router import to_read as job_read
@@ -59,12 +59,12 @@ def _model_data(db: Session, name: str, before: int | None = None) -> dict:
             lineage.append(v)
             v = by_number.get(v.parent) if v.parent else None
     chrono = list(reversed(versions))[-CHART_VERSIONS:]
-    kl = [(v.number, y) for v in chrono if (y := number(v.bound.get("kl_nats"))) is not None]
+    kl, what, y_label = bound_points([(v.number, v.bound or {}) for v in chrono])
     acc = [(v.number, y) for v in chrono if (y := number(v.metrics.get("eval_accuracy"))) is not None]
     active = job_service.active_job(db, model.id)
     return {"model": model, "versions": versions, "lineage": lineage, "aliases": aliases, "more": more, "before": before,
             "active": job_read(db, active) if active else None,
-            "kl_chart": line_chart(kl, title="Information bound per version", y_label="kl_nats"),
+            "kl_chart": line_chart(kl, title=what if y_label == "epsilon_spent" else what.capitalize(), y_label=y_label),
             "acc_chart": line_chart(acc, title="Eval accuracy per version", y_label="accuracy")}
 
 

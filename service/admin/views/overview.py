@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from service.admin import queries
 from service.admin.auth import need, who
 from service.admin.charts import line_chart
-from service.admin.web import factory, fragment, number, render
+from service.admin.web import bound_points, factory, fragment, number, render
 from service.core.db import read_session
 from service.job import service as job_service
 from service.job.router import to_reads as job_reads
@@ -37,11 +37,11 @@ def _data(db: Session) -> dict:
         if not versions:
             continue
         latest.append({"model": m.name, "v": versions[-1]})
-        kl = [(v.number, y) for v in versions if (y := number((v.bound or {}).get("kl_nats"))) is not None]
+        kl, what, y_label = bound_points([(v.number, v.bound or {}) for v in versions])
         acc = [(v.number, y) for v in versions if (y := number((v.metrics or {}).get("eval_accuracy"))) is not None]
         charts.append({
             "model": m.name,
-            "kl": line_chart(kl, title=f"{m.name}: information bound per version", y_label="kl_nats"),
+            "kl": line_chart(kl, title=f"{m.name}: {what}", y_label=y_label),
             "acc": line_chart(acc, title=f"{m.name}: eval accuracy per version", y_label="accuracy"),
         })
     return {"by_status": by_status, "sla": sla, "overdue": overdue, "open_total": open_total, "running": running,

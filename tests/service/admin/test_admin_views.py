@@ -511,3 +511,20 @@ def test_every_button_shown_is_a_legal_transition(client, db, status):
     listed = client.get("/admin/requests").text
     assert str(r.id) in listed
     assert (f'name="ids" value="{r.id}"' in listed) == ("approve" in legal), (status, legal)
+
+
+def test_bound_charts_of_an_epsilon_delta_model_show_epsilon_spent(client, db):
+    """certified_removal releases state (ε, δ), not a KL: the charts plot ε_spent (issue 15)."""
+    m = Model(name="head", architecture="mlp", architecture_config={}, input_shape=[4], num_classes=3, linearize="all",
+              method="certified_removal", family="linear_head", method_config={})
+    db.add(m)
+    db.flush()
+    for number, spent in ((1, 1e-9), (2, 0.25), (3, 0.5)):
+        db.add(ModelVersion(model_id=m.id, number=number, sha256=f"{number}" * 64, size_bytes=10, metrics={"eval_accuracy": 0.9},
+                            bound={"kl_nats": "nan", "epsilon_spent": spent, "delta": 1e-5, "epsilon_budget": 1.0,
+                                   "guarantee": "certified", "statement": "per release"}))
+    db.flush()
+    _signed_in(client, "operator")
+    for page in (client.get("/admin/").text, client.get("/admin/models/head").text):
+        assert "ε spent per version (δ=1e-05, budget ε=1.0; per release)" in page
+        assert [float(y) for y in re.findall(r'data-y="([^"]+)"', page)][:3] == [1e-9, 0.25, 0.5]

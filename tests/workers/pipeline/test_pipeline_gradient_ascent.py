@@ -50,7 +50,7 @@ def test_a_linear_model_forgets_by_one_ascent_step_with_its_kkt_figures(rt):
         second = _artifacts(rt, s, v2)
         bound, metrics = v2.bound, v2.metrics
     assert bound["guarantee"] == "heuristic" and bound["method"] == "gradient_ascent" and "fallback" not in bound
-    fig = bound["figures"]
+    fig = bound["kkt"]
     assert fig["removed"] == 4 and fig["stationarity"] < 1e-9 < fig["stationarity_before"] and fig["feasible"] in (0.0, 1.0)
     assert {"mia_auc", "forget_accuracy", "retain_accuracy", "eval_accuracy"} <= set(metrics)
     # the step, checked independently: linear, so θ⁻ = θ − Σ_r λ_r y_r x_r with v1's kept duals
@@ -106,8 +106,8 @@ def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table tru
     manifest = c.get("/v1/models/ga-http/versions/latest", headers=c.auth("serving")).json()
     assert manifest["number"] == 2 and manifest["family"] == "standard" and manifest["method"] == "gradient_ascent"
     bound = manifest["bound"]
-    assert bound["guarantee"] == "heuristic" and "fallback" not in bound and bound["figures"]["removed"] == 3
-    assert {"stationarity", "complementary_slackness", "min_margin", "feasible"} <= set(bound["figures"])
+    assert bound["guarantee"] == "heuristic" and "fallback" not in bound and bound["kkt"]["removed"] == 3
+    assert {"stationarity", "complementary_slackness", "min_margin", "feasible"} <= set(bound["kkt"])
     weights = c.get("/v1/models/ga-http/versions/latest/weights", headers=c.auth("serving"))
     assert weights.status_code == 200 and set(load(weights.content)) == {"hidden.weight", "output"}
     status = c.get(r.headers["location"], headers=c.auth("requester")).json()

@@ -149,4 +149,4 @@ def test_importing_the_configs_does_not_import_torch():
     code = ("import sys; from workers.unlearning.methods import config_classes; "
             "import workers.unlearning; c = config_classes(); print(sorted(c), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['gradient_ascent', 'mixed_linear'] False"
+    assert out.stdout.strip() == "['certified_removal', 'gradient_ascent', 'mixed_linear'] False"

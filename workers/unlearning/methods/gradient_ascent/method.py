@@ -16,9 +16,10 @@ Forgetting sample r is θ⁻ = θ + β∇_θ ℓ(y_r N(x_r; θ)), β = λ_r/|ℓ
 it never divides by an |ℓ'| that underflows for a confident sample. Several samples are removed by
 successive steps, each at the current θ; their λ leave the kept duals (the next job starts there).
 
-The success figures are the KKT criteria of the max-margin problem on the retained data D_r, at
-the rescaling θ̃ = θ/γ with γ = min_{i∈D_r} y_i N(x_i; θ) (normalised margin 1; N is 1-homogeneous
-so ∇N(x; θ̃) = ∇N(x; θ) and λ̃ = λ/γ):
+The success figures (``Bound.extra["kkt"]``, so ``bound.kkt`` in the version) are the KKT criteria
+of the max-margin problem on the retained data D_r, at the rescaling θ̃ = θ/γ with
+γ = min_{i∈D_r} y_i N(x_i; θ) (normalised margin 1; N is 1-homogeneous so ∇N(x; θ̃) = ∇N(x; θ) and
+λ̃ = λ/γ):
 
 * ``stationarity``: ‖θ − Σ_{i∈D_r} λ_i y_i ∇N(x_i; θ)‖ / ‖θ‖ (scale-free);
 * ``complementary_slackness``: max_i λ̃_i·(y_i N(x_i; θ̃) − 1);
@@ -304,7 +305,7 @@ class GradientAscent:
         kl = 0.0 if exact else math.inf
         return Bound(method or (result.operation if exact and result.operation in ("zero", "retrain") else self.name),
                      "exact" if exact else self.guarantee, float(result.residual_norm), 0.0, cfg.noise_std, int(result.iterations),
-                     kl, kl, figures)
+                     kl, kl, {"kkt": figures})
 
     def refine(self, cfg: GradientAscentConfig) -> None:
         return None  # one step is the method: the remedy is the retrain fallback
@@ -327,7 +328,7 @@ class GradientAscent:
         if mia is not None and not float(mia) <= cfg.max_mia_auc:  # NaN (no eval set) fails too
             reasons.append(f"membership-inference AUC {float(mia):.4f} > max_mia_auc {cfg.max_mia_auc}")
         if cfg.max_stationarity is not None:
-            s = float(bound.figures.get("stationarity", math.inf))
+            s = float((bound.extra.get("kkt") or {}).get("stationarity", math.inf))
             if not s <= cfg.max_stationarity:
                 reasons.append(f"KKT stationarity {s:.4g} > max_stationarity {cfg.max_stationarity}")
         return GateResult(ok=not reasons, reasons=reasons)

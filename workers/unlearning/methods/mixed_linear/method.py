@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch import nn
 
 from workers.unlearning.bounds import Bound, exact_bound, information_bound
+from workers.unlearning.core_training import train_cross_entropy
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.evaluation import evaluate, membership_inference_auc
@@ -124,38 +123,11 @@ class MixedLinear:
         """Cross-entropy on the core split only (Adam, deterministic given ``cfg.seed``).
         The user weights are reset to 0: they are defined relative to the core."""
         _check(model, core, "core")
-        net = model.network
-        for p in net.parameters():
-            p.requires_grad_(True)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.core_lr)
-        loss_fn = nn.CrossEntropyLoss()
-        n = len(core)
-        start = time.perf_counter()
-        last = 0.0
-        try:
-            for epoch in range(cfg.core_epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for i in range(0, n, cfg.core_batch_size):
-                    idx = perm[i : i + cfg.core_batch_size]
-                    x = core.x[idx].to(model.device_, model.dtype_)
-                    y = core.y[idx].to(model.device_)
-                    opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(net(x), y)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                now = time.monotonic()
-                if progress is not None and now - last >= 0.25:
-                    last = now
-                    progress({"phase": "core", "epoch": epoch + 1, "loss": total / n})
-        finally:
-            for p in net.parameters():
-                p.requires_grad_(False)
+        out = train_cross_entropy(model.network, core, epochs=cfg.core_epochs, lr=cfg.core_lr, batch_size=cfg.core_batch_size,
+                                  seed=cfg.seed, device=model.device_, dtype=model.dtype_, progress=progress)
         model.zero_user()
         model.fitted_gram = None  # features changed: old sums no longer describe this model
-        return {"epochs": cfg.core_epochs, "seconds": time.perf_counter() - start}
+        return out
 
     # -- user weights --------------------------------------------------------------------------
     def _solve(self, model, source, cfg, start, progress) -> SolveResult:
