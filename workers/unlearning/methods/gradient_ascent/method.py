@@ -212,7 +212,7 @@ class GradientAscent:
             now = time.monotonic()
             if progress is not None and now - last >= 0.25:
                 last = now
-                progress({"phase": "solve", "iteration": step + 1, "loss": total, "residual": total})
+                progress({"phase": "solve", "iteration": step + 1, "loss": total})
         ids = _ids(user)
         order = torch.argsort(ids)
         model.ids, model.duals = ids[order], duals[order]
