@@ -104,7 +104,7 @@ def case(name: str, arch: str, train, ev, k: int, cfg) -> dict:
                  "forget_accuracy": METHOD.evaluate(oracle, removed, cfg)["accuracy"],
                  "mia_auc": METHOD.membership_auc(oracle, removed, evs, cfg)}
     return {
-        "dataset": name, "architecture": arch, "n": n, "d": d, "forgotten": k, "steps": cfg.steps, "lr": cfg.lr,
+        "dataset": name, "architecture": arch, "n": n, "d": d, "forgotten": k, "epochs": cfg.epochs, "lr": cfg.lr,
         "train_s": train_s, "forget_s": forget_s, "forget_s_per_sample": forget_s / k, "step_s_per_sample": step_s / k,
         "retrain_s": retrain_s, "speedup_vs_retrain": retrain_s / forget_s, "step_speedup_vs_retrain": retrain_s / step_s,
         "step_equals_forget": bool(torch.allclose(copy.theta(), model.theta(), rtol=1e-12, atol=1e-15)),
@@ -125,7 +125,7 @@ def main() -> None:
     for name, train, ev in sets:
         for arch in ("linear", "two_layer_relu"):
             for k in (1, 5):
-                cfg = METHOD.config_cls(steps=steps, lr=2.0)
+                cfg = METHOD.config_cls(epochs=steps, lr=2.0)
                 rows.append(case(name, arch, train, ev, k, cfg))
                 r = rows[-1]
                 print(f"{name:11s} {arch:15s} k={k}: step {r['step_s_per_sample'] * 1e3:.2f} ms/sample, "

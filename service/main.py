@@ -15,6 +15,7 @@ from service.core.config import Settings, get_settings
 from service.core.db import make_engine, make_session_factory
 from service.core.errors import install_error_handlers
 from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
+from service.job.checkpoint import CHECKPOINT_PATH
 from service.core.storage import StorageUnavailable, make_store
 from workers.unlearning.methods import config_classes
 
@@ -59,12 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost last: header size, then body size, then duplicate JSON keys.
     app.add_middleware(DuplicateJsonKeysMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes,
+                       per_path={CHECKPOINT_PATH: settings.api.max_checkpoint_bytes})
     app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.api.max_header_bytes)
 
     from service.audit.router import router as audit_router
     from service.client.router import router as client_router
     from service.deletion_request.router import router as deletion_router
+    from service.job.checkpoint import router as checkpoint_router
     from service.job.router import router as job_router
     from service.model_registry.router import router as registry_router
     from service.subject.router import router as subject_router
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deletion_router)
     app.include_router(registry_router)
     app.include_router(job_router)
+    app.include_router(checkpoint_router)
     app.include_router(audit_router)
     app.include_router(subject_router)
     app.include_router(metrics_router)

@@ -101,6 +101,9 @@ class AuditSettings(BaseModel):
 
 class ApiSettings(BaseModel):
     max_body_bytes: int = 32 * 1024 * 1024
+    # The body limit of POST /v1/models/{name}/checkpoint (a standard model's state_dict), its own:
+    # a checkpoint is streamed to the artifact store, never held in memory.
+    max_checkpoint_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     # All request headers together (names and values); larger -> 431.
     max_header_bytes: int = 16 * 1024
     page_size_default: int = 50

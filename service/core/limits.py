@@ -4,6 +4,7 @@ request headers over the limit a 431, a JSON body with a duplicate key a 422."""
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,22 +16,30 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """``max_bytes`` for every body, except paths matching a pattern of ``per_path`` (their own limit)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
+        self.per_path = [(re.compile(p), n) for p, n in (per_path or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        limit = next((n for pattern, n in self.per_path if pattern.fullmatch(path)), self.default_bytes)
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(scope, send)
+                if declared > max_bytes:
+                    await self._reject(scope, send, max_bytes)
                     return
         seen = 0
         started = False
@@ -40,7 +49,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise _TooLarge
             return message
 
@@ -54,10 +63,10 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(scope, send)
+                await self._reject(scope, send, max_bytes)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        err = PayloadTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes")
+    async def _reject(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        err = PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes")
         body = json.dumps(err.to_body(scope.get("path"))).encode()
         await send(
             {

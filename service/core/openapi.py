@@ -82,6 +82,12 @@ SAMPLES_BODY: dict[str, Any] = {
 }
 
 _SAFETENSORS = {"application/vnd.safetensors": _BINARY}
+CHECKPOINT_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "A standard-family model's trained `state_dict` as one safetensors file, streamed to the store "
+                   "(its own size limit, `api.max_checkpoint_bytes`) and validated by a `checkpoint` job in the worker.",
+    "content": {"application/vnd.safetensors": _BINARY, "application/octet-stream": _BINARY},
+}
 _NOT_MODIFIED = {"description": "Not modified: the ETag in If-None-Match is current (no body)"}
 
 # (path, method) -> extra responses and overrides of what FastAPI generated.
@@ -151,6 +157,8 @@ def document(schema: dict[str, Any], extra_models: tuple[type[BaseModel], ...] =
                 continue
             if path == "/v1/models/{name}/samples" and method == "post":
                 op["requestBody"] = SAMPLES_BODY
+            if path == "/v1/models/{name}/checkpoint" and method == "post":
+                op["requestBody"] = CHECKPOINT_BODY
             if path.startswith("/v1/"):
                 op["security"] = [{BEARER: []}]
             responses = op.setdefault("responses", {})

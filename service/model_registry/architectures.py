@@ -40,7 +40,6 @@ BUDGETS: dict[str, str] = {
     "max_newton_steps": "max_newton_steps",
     "core_epochs": "max_epochs",
     "epochs": "max_epochs",
-    "steps": "max_iterations",
     "chunk_size": "max_chunk_size",
     "core_batch_size": "max_chunk_size",
 }

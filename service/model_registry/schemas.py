@@ -130,6 +130,8 @@ class ModelRead(BaseModel):
     family: str
     method: str
     method_config: dict[str, Any]
+    state: str = Field(description="ready | invalid (an uploaded checkpoint failed validation; state_reason says why)")
+    state_reason: str | None
     batch_window_s: int
     batch_size: int
     auto_approve: bool

@@ -105,11 +105,29 @@ def register(session: Session, data: ModelCreate, actor: str, settings: Settings
     return model
 
 
+def checkpoint_received(session: Session, model: Model, uri: str, sha256: str, size: int, actor: str) -> None:
+    """A new checkpoint for a ``standard`` model: the model is ``ready`` again until the worker
+    has validated it (an earlier rejection's reason is cleared)."""
+    model.state, model.state_reason = "ready", None
+    append_event(session, actor=actor, kind="model.checkpoint_uploaded",
+                 payload={"model": model.name, "sha256": sha256, "size_bytes": size})
+
+
+def mark_invalid(session: Session, model_id: int, reason: str, actor: str) -> None:
+    """The worker found the uploaded checkpoint unusable: the model is ``invalid``, with the
+    reason (visible in ``GET /v1/models/{name}``); nothing was published from it."""
+    model = session.get(Model, model_id)
+    if model is None:
+        return
+    model.state, model.state_reason = "invalid", reason[:2000]
+    append_event(session, actor=actor, kind="model.invalid", payload={"model": model.name, "reason": reason[:2000]})
+
+
 def _read(model: Model, counts: dict[str, int], latest: int | None) -> ModelRead:
     return ModelRead(
         name=model.name, architecture=model.architecture, architecture_config=model.architecture_config,
         input_shape=model.input_shape, num_classes=model.num_classes, linearize=model.linearize, family=model.family, method=model.method,
-        method_config=model.method_config, batch_window_s=model.batch_window_s, batch_size=model.batch_size,
+        method_config=model.method_config, state=model.state, state_reason=model.state_reason, batch_window_s=model.batch_window_s, batch_size=model.batch_size,
         auto_approve=model.auto_approve, auto_promote=model.auto_promote, sla_days=model.sla_days,
         samples={s: int(counts.get(s, 0)) for s in SPLITS}, latest_version=latest, created_at=_aware(model.created_at),
     )

@@ -37,6 +37,7 @@ class JobKind(StrEnum):
     forget = "forget"
     zero = "zero"
     retrain = "retrain"
+    checkpoint = "checkpoint"  # validate an uploaded checkpoint (standard family) and publish it
 
 
 class JobStatus(StrEnum):

@@ -27,6 +27,10 @@ class Model(Base):
     # What the user brought (DESIGN §6.8): mixed_linear | linear_head | standard; the method serves it.
     family: Mapped[str] = mapped_column(String(32), default="mixed_linear", server_default="mixed_linear")
     method: Mapped[str] = mapped_column(String(64), default="mixed_linear")
+    # ready | invalid (an uploaded checkpoint failed validation outside the API: nothing is served
+    # from it; ``state_reason`` says why, and a new checkpoint upload clears it)
+    state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    state_reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # Forgetting settings: l2 (mu), target_scale (kappa), noise_std (s), tolerances, gates.
     method_config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     batch_window_s: Mapped[int] = mapped_column(Integer, default=3600)

@@ -35,6 +35,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from service.core.db import read_session
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import repository as registry_repo
+from service.model_registry import service as registry_service
 from service.model_registry.samples import read_samples
 from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
 from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, out_of_memory, touch  # noqa: F401  (HOOKS: tests)
@@ -272,10 +274,12 @@ def _solve_retrain(ctx: SolveContext) -> Solved:
     """Without the subjects, from w = 0 (and a fresh core when they had core samples)."""
     ctx.needs("retrain")
     user = ctx.data["user"]
-    if bool((ctx.job.config or {}).get("core_subjects")) or ctx.parent is None:
+    if bool((ctx.job.config or {}).get("core_subjects")) or ctx.parent is None or not ctx.method.supports("zero"):
         mm = ctx.fresh()
         if len(user):
             result = ctx.method.retrain(mm, user, ctx.cfg, core_source=ctx.data["core"], progress=ctx.progress)
+        elif not ctx.method.supports("zero"):
+            raise InvalidDataError("nobody is left to train on: this method's family has no zeroed model")
         else:
             ctx.method.prepare(mm, ctx.data["core"], ctx.cfg, ctx.progress)
             result = ctx.method.zero(mm)
@@ -286,12 +290,42 @@ def _solve_retrain(ctx: SolveContext) -> Solved:
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg, exact=True, method="retrain"), trained_on_users=bool(len(user)))
 
 
+def _solve_checkpoint(ctx: SolveContext) -> Solved:
+    """An uploaded checkpoint (standard family): validated here, outside the API process. A bad
+    one leaves the model ``invalid`` with the reason, and the job fails without retrying."""
+    ctx.needs("import_checkpoint")
+    uri = (ctx.job.config or {}).get("checkpoint_uri")
+    try:
+        data = ctx.rt.store.read_bytes(uri, sha256=(ctx.job.config or {}).get("checkpoint_sha256"))
+        mm = ctx.method.import_checkpoint(_spec(ctx.model), data, ctx.cfg)
+        if len(ctx.data["user"]):
+            ctx.method.evaluate(mm, ctx.data["user"].subset(np.arange(min(len(ctx.data["user"]), 8))), ctx.cfg)
+    except (InvalidDataError, RuntimeError) as exc:
+        reason = f"checkpoint rejected: {exc}"
+        with ctx.rt.session_factory.begin() as session:
+            registry_service.mark_invalid(session, ctx.model.id, reason, actor="worker")
+        _discard_upload(ctx.rt, ctx.job)
+        raise InvalidDataError(reason) from None
+    result = SimpleNamespace(iterations=0, operation="checkpoint", to_dict=lambda: {"operation": "checkpoint", "uri": uri})
+    return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+
+
+def _discard_upload(rt: Runtime, job: Job) -> None:
+    """An uploaded checkpoint is user data (weights trained on the subjects): once it is
+    published (its weights live on as the version's private artifact) or rejected, the upload
+    itself is deleted, so no copy outlives a later forget."""
+    uri = (job.config or {}).get("checkpoint_uri")
+    if uri:
+        rt.store.delete(uri)
+
+
 # What each job kind computes (DESIGN §4): the runner dispatches here, the method does the math.
 SOLVE_STEPS: dict[JobKind, Callable[[SolveContext], Solved]] = {
     JobKind.train: _solve_train,
     JobKind.forget: _solve_forget,
     JobKind.zero: _solve_zero,
     JobKind.retrain: _solve_retrain,
+    JobKind.checkpoint: _solve_checkpoint,
 }
 
 
@@ -338,11 +372,27 @@ def _measure(method: ForgettingMethod, mm: Any, data: dict, cfg) -> dict:
 
 
 def _gate(method: ForgettingMethod, bound: Bound, collected: dict, metrics: dict, cfg):
-    """The method's gate on the parent's and the new measurements (§6.7): ``accuracy`` is the eval
-    accuracy; the other measured figures (retain/forget accuracy, ``mia_auc``) go with it."""
+    """The method's gate on the parent's and the new metrics (all of §6.7: a heuristic method
+    judges forget-set accuracy, MIA AUC and retained accuracy; ``accuracy`` is the eval one)."""
     parent = dict(collected.get("parent_metrics") or {})
-    return method.gate(bound, {**parent, "accuracy": parent.get("eval_accuracy")},
+    gate = method.gate(bound, {**parent, "accuracy": parent.get("eval_accuracy")},
                        {**metrics, "accuracy": metrics.get("eval_accuracy")}, cfg)
+    metrics.update({k: v for k, v in (getattr(gate, "measured", None) or {}).items() if v is not None})
+    return gate
+
+
+def _fallback(ctx_method: ForgettingMethod, mm: Any, model: Model, data: dict, cfg, progress) -> tuple[Any, Any, Bound, str]:
+    """DESIGN §6.6, second remedy: zero + retrain where the family has ``zero`` (w_u := 0, refit
+    on D_r); otherwise ``retrain``: the recipe from a fresh initialisation on D_r. Exact, bound 0."""
+    if ctx_method.supports("zero") and ctx_method.supports("retrain"):
+        ctx_method.zero(mm)
+        result = ctx_method.train(mm, data["user"], cfg, progress)
+        return mm, result, ctx_method.bound(result, cfg, exact=True, method="retrain"), "zero+retrain"
+    if ctx_method.supports("retrain"):
+        fresh = ctx_method.build(_spec(model), cfg)
+        result = ctx_method.retrain(fresh, data["user"], cfg, core_source=data["core"], progress=progress)
+        return fresh, result, ctx_method.bound(result, cfg, exact=True, method="retrain"), "retrain"
+    raise ConfigError(f"{ctx_method.name} has no retrain fallback")
 
 
 def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict, solved: dict) -> dict:
@@ -370,14 +420,13 @@ def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict
                 gate = _gate(method, bound, collected, metrics, cfg)
                 gates["refined"] = {"tol": getattr(tighter, "tol", None), "iterations": result.iterations, "passed": gate.ok, "reasons": gate.reasons}
             if not gate.ok:
-                # Second remedy: zero + retrain (w_u := 0, refit from 0 on D_r): exact, bound 0.
-                log.warning("job %s failed its gates (%s): falling back to zero + retrain", job.id, "; ".join(gate.reasons))
-                if not (method.supports("zero") and method.supports("retrain")):
-                    raise ConfigError(f"job {job.id} failed its gates ({'; '.join(gate.reasons)}) and {method.name} has no zero + retrain fallback")
-                method.zero(mm)
-                result = method.train(mm, data["user"], cfg, progress)
-                bound = method.bound(result, cfg, exact=True, method="retrain")
-                fallback = {"to": "zero+retrain", "reasons": gates["reasons"] + gate.reasons}
+                # Second remedy: zero + retrain, or retrain from scratch (exact, bound 0).
+                log.warning("job %s failed its gates (%s): falling back", job.id, "; ".join(gate.reasons))
+                if not method.supports("retrain"):
+                    raise ConfigError(f"job {job.id} failed its gates ({'; '.join(gate.reasons)}) and {method.name} has no retrain fallback")
+                reasons = gates["reasons"] + (gate.reasons if "refined" in gates else [])
+                mm, result, bound, to = _fallback(method, mm, model, data, cfg, progress)
+                fallback = {"to": to, "reasons": reasons}
                 metrics = _measure(method, mm, data, cfg)
             private = _put_private(rt, method, mm, model)
     release_noise = solved.get("release_noise", True)
@@ -430,6 +479,8 @@ def run_job(rt: Runtime, job_id: uuid.UUID | str) -> str:
                                 _evaluate(rt, job, attempt, model, cp["collect"], cp["solve"]))
             hook("before_publish", job)
             publish(rt, job_id, attempt, cp)
+            if JobKind(job.kind) is JobKind.checkpoint:
+                _discard_upload(rt, job)
         return JobStatus.succeeded.value
     except JobAbandoned as exc:
         log.warning("job %s attempt %s abandoned: %s", job_id, attempt, exc)

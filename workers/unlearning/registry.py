@@ -13,6 +13,7 @@ from workers.unlearning.methods import FAMILIES, GUARANTEES, KINDS, NAME, check_
 from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
 from workers.unlearning.methods.certified_removal.method import CertifiedRemoval
 from workers.unlearning.methods.gradient_ascent.method import GradientAscent
+from workers.unlearning.methods.lcodec.method import LCodec
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
 
 _REGISTRY: dict[str, ForgettingMethod] = {}
@@ -78,6 +79,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(), CertifiedRemoval(), GradientAscent()):  # one line per built-in method
+for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec(), GradientAscent()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)

@@ -22,6 +22,8 @@ from workers.unlearning.errors import ConfigError
 from workers.unlearning.files import read_metadata
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
+from workers.unlearning.standard import FORMAT as STANDARD_FORMAT
+from workers.unlearning.standard import from_bytes as standard_from_bytes
 
 FORMAT = "lethe.mixed_linear/1"
 LINEAR_HEAD_FORMAT = "lethe.linear_head/1"  # certified_removal.method.FORMAT (kept equal by its tests)
@@ -72,6 +74,10 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
         from workers.unlearning.methods.certified_removal.method import load_linear_head
 
         return load_linear_head(data, architectures=architectures)
+    if meta.get("format") == STANDARD_FORMAT:  # a standard-family network: the plain nn.Module
+        standard = standard_from_bytes(data, device=device, architectures=architectures)
+        standard.network.metadata = meta
+        return standard.network
     if meta.get("format") != FORMAT:
         raise ConfigError(f"not a Lethe mixed-linear weights file (format={meta.get('format')!r})")
     arch = meta.get("architecture")
@@ -101,7 +107,8 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", *,
                architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
-    """A ready ``torch.nn.Module`` computing f_ML, from the weights file and the architecture
-    registry (plus ``architectures``, builders passed explicitly by key). A ``linear_head`` release
-    (``certified_removal``) loads as its ``LinearHeadNet`` (scores, ``.predict``)."""
+    """A ready ``torch.nn.Module`` from the weights file and the architecture registry (plus
+    ``architectures``, builders passed explicitly by key): f_ML for a mixed-linear file, the
+    network itself for a ``standard``-family file, and a ``linear_head`` release
+    (``certified_removal``) as its ``LinearHeadNet`` (scores, ``.predict``)."""
     return load_model_from_bytes(Path(path).read_bytes(), device=device, architectures=architectures)

@@ -25,9 +25,10 @@ def _register(client, **over):
     ({"method_config": {"optimizer": "adam"}}, "validation-error", ["optimizer"]),
     ({"method_config": {"momentum": 0.9}}, "validation-error", ["momentum changes the iterates"]),
     ({"method_config": {"weight_decay": 1e-4}}, "validation-error", ["weight decay"]),
+    ({"method_config": {"batch_size": 32}}, "validation-error", ["full-batch"]),
     ({"method_config": {"checkpoint": "s3://bucket/weights.safetensors"}}, "validation-error", ["carry no dual coefficients"]),
     ({"checkpoint": "s3://bucket/weights.safetensors"}, "validation-error", ["checkpoint"]),
-    ({"method_config": {"steps": 10**9}}, "limit-exceeded", ["steps", "LETHE_LIMITS__MAX_ITERATIONS"]),
+    ({"method_config": {"epochs": 5000}}, "limit-exceeded", ["epochs", "LETHE_LIMITS__MAX_EPOCHS"]),
 ])
 def test_refused_with_the_reason_and_nothing_written(client, db, over, kind, words):
     refused(_register(client, **over), kind, *words)
@@ -36,10 +37,10 @@ def test_refused_with_the_reason_and_nothing_written(client, db, over, kind, wor
 
 @pytest.mark.parametrize("architecture,config", [("linear", {}), ("two_layer_relu", {"hidden": 8})])
 def test_homogeneous_binary_models_are_accepted(client, db, architecture, config):
-    r = _register(client, architecture=architecture, architecture_config=config, method_config={"steps": 100, "lr": 0.5})
+    r = _register(client, architecture=architecture, architecture_config=config, method_config={"epochs": 100, "lr": 0.5})
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["method"] == "gradient_ascent" and body["family"] == "standard"
-    assert body["method_config"]["optimizer"] == "gd" and body["method_config"]["steps"] == 100
+    assert body["method_config"]["optimizer"] == "gd" and body["method_config"]["epochs"] == 100
     # mixed_linear keeps serving every architecture it did
     assert _register(client, name="ml", architecture="mlp", method="mixed_linear", num_classes=3).status_code == 201

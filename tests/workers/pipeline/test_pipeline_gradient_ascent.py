@@ -1,6 +1,6 @@
 """``gradient_ascent`` through the whole pipeline in process (``run_job``): train, forget one
 subject by the scaled ascent step, the KKT figures and the kept duals with the version, and the
-retrain fallback when a measured gate fails (issue 13)."""
+retrain fallback when a measured gate fails, and the checkpoint upload refused (issue 13)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from pipeline_support import SECRET, forget_job, make_data, trained
 from safetensors.torch import load
+from safetensors.torch import save as st_save
 from sqlalchemy import select
 
 from service.core.security import subject_key
-from service.models import ModelVersion, Sample, Split, VersionArtifact
+from service.models import AuditEvent, Job, ModelVersion, Sample, Split, VersionArtifact
 from workers.execution.run import run_job
 
 D = 40
@@ -21,7 +22,7 @@ def _ga_model(rt, **config):
     data = make_data(n_subjects=20, per_subject=4, d=D, classes=2)
     model_id = trained(rt, "ga", data, d=D, classes=2, architecture="linear", linearize="all",
                        architecture_config={"in_features": D, "num_classes": 2}, family="standard", method="gradient_ascent",
-                       method_config={"steps": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
+                       method_config={"epochs": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
     return model_id, data
 
 
@@ -42,7 +43,7 @@ def test_a_linear_model_forgets_by_one_ascent_step_with_its_kkt_figures(rt):
                                                             Sample.split == Split.user.value)).all()
         v1 = _versions(s, model_id)[0]
         first = _artifacts(rt, s, v1)
-    assert set(first) == {"weights", "duals"} and len(gone) == 4
+    assert set(first) == {"weights"} and {"lethe.ids", "lethe.duals"} <= set(first["weights"]) and len(gone) == 4
     assert run_job(rt, forget_job(rt, model_id, "subject-003")) == "succeeded"
     with rt.session_factory() as s:
         v1, v2 = _versions(s, model_id)
@@ -54,27 +55,27 @@ def test_a_linear_model_forgets_by_one_ascent_step_with_its_kkt_figures(rt):
     assert fig["removed"] == 4 and fig["stationarity"] < 1e-9 < fig["stationarity_before"] and fig["feasible"] in (0.0, 1.0)
     assert {"mia_auc", "forget_accuracy", "retain_accuracy", "eval_accuracy"} <= set(metrics)
     # the step, checked independently: linear, so θ⁻ = θ − Σ_r λ_r y_r x_r with v1's kept duals
-    ids, lam = first["duals"]["ids"].numpy(), first["duals"]["duals"].numpy()
+    ids, lam = first["weights"]["lethe.ids"].numpy(), first["weights"]["lethe.duals"].numpy()
     x_user, y_user = data["user"]
     theta = first["weights"]["1.weight"].numpy().reshape(-1).copy()
     for sample_id, row in gone:
         theta -= lam[list(ids).index(sample_id)] * (2.0 * y_user[row] - 1.0) * x_user[row].astype(np.float64)
     np.testing.assert_allclose(second["weights"]["1.weight"].numpy().reshape(-1), theta, rtol=1e-10, atol=1e-12)
     # the kept duals lost the forgotten samples, the others are unchanged
-    kept = second["duals"]["ids"].numpy()
+    kept = second["weights"]["lethe.ids"].numpy()
     assert set(kept) == set(ids) - {i for i, _ in gone}
-    np.testing.assert_array_equal(second["duals"]["duals"].numpy(), lam[np.isin(ids, kept)])
+    np.testing.assert_array_equal(second["weights"]["lethe.duals"].numpy(), lam[np.isin(ids, kept)])
 
 
 def test_a_failed_measured_gate_falls_back_to_retraining(rt):
-    model_id, _ = _ga_model(rt, max_mia_auc=0.0)  # never met
+    model_id, _ = _ga_model(rt, max_mia_gap=0.0, min_forget_samples=1)  # a point AUC of exactly 0.5: not met
     assert run_job(rt, forget_job(rt, model_id, "subject-004")) == "succeeded"
     with rt.session_factory() as s:
         v2 = _versions(s, model_id)[-1]
         assert v2.bound["guarantee"] == "exact" and v2.bound["fallback"]["to"] == "zero+retrain"
-        assert any("membership-inference AUC" in r for r in v2.bound["fallback"]["reasons"])
-        duals = _artifacts(rt, s, v2)["duals"]
-    assert len(duals["ids"]) == 80 - 4  # retrained on D_r: the duals are D_r's
+        assert any("MIA AUC" in r for r in v2.bound["fallback"]["reasons"])
+        weights = _artifacts(rt, s, v2)["weights"]
+    assert len(weights["lethe.ids"]) == 80 - 4  # retrained on D_r: the duals are D_r's
 
 
 def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table truncation precedes the tokens
@@ -85,7 +86,7 @@ def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table tru
     admin, operator = c.auth("admin"), c.auth("operator")
     spec = {"name": "ga-http", "architecture": "two_layer_relu", "architecture_config": {"hidden": 8}, "input_shape": [D],
             "num_classes": 2, "method": "gradient_ascent",
-            "method_config": {"steps": 200, "max_accuracy_drop": 0.5, "max_mia_auc": 1.0, "max_forget_accuracy_gap": 1.0}}
+            "method_config": {"epochs": 200, "max_accuracy_drop": 0.5, "max_retain_drop": 0.5, "max_mia_gap": 0.5, "max_forget_gap": 1.0}}
     r = c.post("/v1/models", json=spec, headers=admin)
     assert r.status_code == 201 and r.json()["family"] == "standard", r.text
     data = make_data(n_subjects=10, per_subject=3, d=D, classes=2)
@@ -112,3 +113,22 @@ def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table tru
     assert weights.status_code == 200 and set(load(weights.content)) == {"hidden.weight", "output"}
     status = c.get(r.headers["location"], headers=c.auth("requester")).json()
     assert status["status"] == "completed"
+
+
+def test_an_uploaded_checkpoint_is_refused_and_nothing_written(rt, committed_app):
+    """The standard family's checkpoint route refuses a gradient_ascent model (an upload carries
+    no dual coefficients): 409 problem, no job, no stored file, no audit event, state unchanged."""
+    c = committed_app
+    admin = c.auth("admin")
+    spec = {"name": "ga-ckpt", "architecture": "linear", "input_shape": [D], "num_classes": 2, "method": "gradient_ascent"}
+    assert c.post("/v1/models", json=spec, headers=admin).status_code == 201
+    body = st_save({"1.weight": torch.zeros(1, D)})  # a well-formed state_dict of the network
+    r = c.post("/v1/models/ga-ckpt/checkpoint", content=body, headers={"Content-Type": "application/vnd.safetensors", **admin})
+    assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert "gradient_ascent" in r.json()["detail"] and "carry no dual coefficients" in r.json()["detail"]
+    assert c.get("/v1/models/ga-ckpt", headers=admin).json()["state"] == "ready"
+    assert c.app.state.store.list_uris("checkpoints") == []
+    with rt.session_factory() as s:
+        assert s.execute(select(Job)).scalars().all() == []
+        kinds = s.execute(select(AuditEvent.kind)).scalars().all()
+    assert "model.registered" in kinds and "model.checkpoint_uploaded" not in kinds

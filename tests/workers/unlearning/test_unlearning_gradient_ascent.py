@@ -101,11 +101,11 @@ def output_layer(model):
 def test_duals_match_an_independent_training_loop(arch):
     x, y = nearly_orthogonal()
     ids = np.arange(50, 50 + N)[::-1].copy()  # not sorted: the kept duals follow the ids, not the rows
-    cfg = METHOD.config_cls(steps=300, lr=2.0)
+    cfg = METHOD.config_cls(epochs=300, lr=2.0)
     model0 = METHOD.build(ModelSpec(arch, ARCHS[arch]), cfg)
     theta0 = model0.theta().numpy()
     model, result = trained(arch, x, y, ids, cfg)
-    theta, lam = gd_np(x, y, theta0, output_layer(model), cfg.steps, cfg.lr)
+    theta, lam = gd_np(x, y, theta0, output_layer(model), cfg.epochs, cfg.lr)
     np.testing.assert_allclose(model.theta().numpy(), theta, rtol=1e-9, atol=1e-12)
     order = np.argsort(ids)
     assert model.ids.tolist() == ids[order].tolist()
@@ -119,7 +119,7 @@ def test_duals_match_an_independent_training_loop(arch):
 def test_ascent_step_is_the_literal_formula_and_updates_the_duals(arch):
     x, y = nearly_orthogonal()
     ids = np.arange(N)
-    cfg = METHOD.config_cls(steps=300, lr=2.0)
+    cfg = METHOD.config_cls(epochs=300, lr=2.0)
     model, _ = trained(arch, x, y, ids, cfg)
     theta, lam = model.theta().numpy(), model.duals.numpy().copy()
     gone = [7, 2]
@@ -148,7 +148,7 @@ def test_ascent_step_is_the_literal_formula_and_updates_the_duals(arch):
 def test_kkt_after_the_step_against_before_it_and_against_retraining(arch):
     x, y = nearly_orthogonal(seed=3)
     ids = np.arange(N)
-    cfg = METHOD.config_cls(steps=500, lr=2.0)
+    cfg = METHOD.config_cls(epochs=500, lr=2.0)
     model, fit = trained(arch, x, y, ids, cfg)
     # the theorem's premise: training reached an approximate KKT point of D (seed 1 of this
     # generator does not for the ReLU net, stationarity 0.37 on D, and the step inherits it:
@@ -161,7 +161,7 @@ def test_kkt_after_the_step_against_before_it_and_against_retraining(arch):
     after_theta = model.theta().numpy()
     # the oracle: retrained from scratch on D_r by the numpy loop, from the same start
     theta0 = METHOD.build(ModelSpec(arch, ARCHS[arch]), cfg).theta().numpy()
-    retrained, lam_rt = gd_np(x[keep], y[keep], theta0, v, cfg.steps, cfg.lr)
+    retrained, lam_rt = gd_np(x[keep], y[keep], theta0, v, cfg.epochs, cfg.lr)
 
     before = kkt_np(theta, x[keep], y[keep], lam[keep], v)
     after = kkt_np(after_theta, x[keep], y[keep], lam[keep], v)
@@ -179,7 +179,7 @@ def test_kkt_after_the_step_against_before_it_and_against_retraining(arch):
 
 
 def test_refusals():
-    cfg = METHOD.config_cls(steps=5)
+    cfg = METHOD.config_cls(epochs=5)
     x, y = nearly_orthogonal(n=6, d=20)
     with pytest.raises(ConfigError, match="linear, two_layer_relu"):
         METHOD.build(ModelSpec("mlp", {"in_features": 20, "num_classes": 2}), cfg)
@@ -190,7 +190,7 @@ def test_refusals():
     with pytest.raises(InvalidDataError, match="inputs"):  # sample 0 left D_r, but its inputs were not given
         METHOD.forget(model, TensorSource(x[1:], y[1:], ids=np.arange(1, 6)), cfg)
     for bad, words in [({"optimizer": "adam"}, "optimizer"), ({"momentum": 0.9}, "momentum"), ({"weight_decay": 1e-4}, "weight decay"),
-                       ({"checkpoint": "s3://x"}, "carry no dual"), ({"lr": 0}, "lr"), ({"steps": 0}, "steps")]:
+                       ({"checkpoint": "s3://x"}, "carry no dual"), ({"lr": 0}, "lr"), ({"epochs": 0}, "epochs"), ({"batch_size": 32}, "full-batch")]:
         with pytest.raises(ValidationError, match=words):
             METHOD.config_cls.model_validate(bad)
     assert METHOD.config_cls.model_problems("linear", 2) == []
@@ -200,7 +200,7 @@ def test_refusals():
 
 def test_private_state_round_trips_and_the_served_file_holds_no_duals():
     x, y = nearly_orthogonal(n=6, d=40)
-    cfg = METHOD.config_cls(steps=50)
+    cfg = METHOD.config_cls(epochs=50)
     model = METHOD.build(ModelSpec("two_layer_relu", {"in_features": 40, "hidden": 4}), cfg)
     METHOD.train(model, TensorSource(x, y, ids=np.arange(6)), cfg)
     blobs = METHOD.save_private(model)

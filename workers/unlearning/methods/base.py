@@ -12,10 +12,11 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from workers.unlearning.methods import Family, Guarantee, Kind, MethodConfig
 
-# What the runner calls, by operation; ``zero`` and ``retrain`` only where the family has them.
+# What the runner calls, by operation; ``zero``, ``retrain`` and ``import_checkpoint`` only where
+# the family has them.
 REQUIRED = ("build", "prepare", "train", "forget", "bound", "refine", "gate", "release", "evaluate",
             "membership_auc", "serve_bytes", "save_private", "load_private", "supports")
-OPTIONAL = ("zero", "retrain")
+OPTIONAL = ("zero", "retrain", "import_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -82,4 +83,7 @@ class ForgettingMethod(Protocol):
         """The model back from :meth:`save_private`'s output."""
 
     def supports(self, operation: str) -> bool:
-        """Whether ``zero`` / ``retrain`` exist for this method's family."""
+        """Whether ``zero`` / ``retrain`` / ``import_checkpoint`` exist for this method's family.
+
+        ``import_checkpoint(spec, data: bytes, cfg)`` (standard family): the model from an
+        uploaded ``state_dict``; raises ``InvalidDataError`` naming what does not fit."""

@@ -26,9 +26,13 @@ of the max-margin problem on the retained data D_r, at the rescaling θ̃ = θ/�
 * ``min_margin``: γ/‖θ‖; ``feasible``: 1 when γ > 0 (every retained sample on the right side,
   so θ̃ meets y_i N(x_i; θ̃) ≥ 1), else 0 (and the slackness is infinite).
 
-Guarantee ``heuristic``: the release is gated on measured accuracy, membership inference and
-(optionally) stationarity; a release that fails falls back to retraining. The gates belong to this
-method for now and should move onto the ``standard`` family's shared gates when those exist.
+Guarantee ``heuristic``: the release is gated by the ``standard`` family's measured gates
+(:func:`~workers.unlearning.gates.check_measured_gates`: eval and retained accuracy, forget-set
+accuracy, MIA AUC) and optionally by stationarity; a release that fails falls back to retraining.
+Files are the family's (:func:`workers.unlearning.standard.to_bytes`, format ``lethe.standard/1``):
+the served one is the network's ``state_dict`` (``load_model`` builds it; its output is the scalar
+N(x; θ), whose sign is the label), the private one keeps float64 weights with ``lethe.ids`` and
+``lethe.duals``. Uploaded checkpoints are refused (they carry no λ).
 """
 
 from __future__ import annotations
@@ -42,27 +46,28 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
+from workers.unlearning import standard
 from workers.unlearning.bounds import Bound
 from workers.unlearning.data import TensorSource
 from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.evaluation import auc
-from workers.unlearning.gates import GateResult
+from workers.unlearning.files import read_metadata
+from workers.unlearning.gates import GateResult, check_measured_gates
 from workers.unlearning.methods.base import ModelSpec
 from workers.unlearning.methods.gradient_ascent.config import GradientAscentConfig
 from workers.unlearning.networks import build_network
 from workers.unlearning.objective import Progress, SolveResult
-from workers.unlearning.serialization import read_metadata
 
-FORMAT = "lethe.standard/1"
 DTYPE = torch.float64
 
 
 @dataclass
 class AscentModel:
-    """The network and what forgetting needs: each trained-on sample's id and dual coefficient."""
+    """The network (float64) and what forgetting needs: each trained-on sample's id and dual
+    coefficient. Has what :func:`standard.to_bytes` reads (``network``, ``architecture``,
+    ``architecture_config``), so its files are the family's."""
 
     architecture: str
     architecture_config: dict[str, Any]
@@ -149,9 +154,9 @@ class GradientAscent:
     families: ClassVar[frozenset[str]] = frozenset({"standard"})
     kinds: ClassVar[frozenset[str]] = frozenset({"samples"})
     config_cls: ClassVar[type[GradientAscentConfig]] = GradientAscentConfig
-    # the noise-free weights, and the dual coefficients λ with the ids of the samples they belong
+    # the noise-free weights with the dual coefficients λ and the ids of the samples they belong
     # to (user data: never served)
-    private_artifacts: ClassVar[tuple[str, ...]] = ("weights", "duals")
+    private_artifacts: ClassVar[tuple[str, ...]] = ("weights",)
 
     def build(self, spec: ModelSpec, cfg: GradientAscentConfig) -> AscentModel:
         if spec.architecture not in cfg.architectures:
@@ -179,23 +184,24 @@ class GradientAscent:
         return operation in ("zero", "retrain")
 
     def prepare(self, model: AscentModel, core: TensorSource, cfg: GradientAscentConfig, progress: Progress = None) -> dict:
-        """Nothing: the whole network is trained on user data (every sample needs its λ)."""
-        return {"core": "unused: gradient_ascent trains every weight on the user split"}
+        """Nothing to do: every weight is trained on the user split (every sample needs its λ), so
+        samples in ``core`` are refused, as for every ``standard`` network."""
+        if len(core):
+            raise InvalidDataError(f"a standard-family model trains on its user split; {len(core)} core samples are not used: upload them as user samples")
+        return {"seconds": 0.0}
 
     # -- training --------------------------------------------------------------------------------
     def train(self, model: AscentModel, user: TensorSource, cfg: GradientAscentConfig, progress: Progress = None) -> AscentResult:
         """Full-batch gradient descent on the mean logistic loss from θ₀, accumulating
         λ_i = Σ_t (η/n)·|ℓ'(y_i N(x_i; θ_t))| (ℓ'(q) = −σ(−q)) at the iterate each step starts from."""
         _check(user, "training")
-        if cfg.optimizer != "gd":
-            raise ConfigError("gradient_ascent trains with plain full-batch gradient descent only")
         self._init(model, cfg)
         n, params = len(user), model.parameters()
         duals = torch.zeros(n, dtype=DTYPE)
         ys = [signs(y) for _, y in user]
         t0 = time.perf_counter()
         last = 0.0
-        for step in range(cfg.steps):
+        for step in range(cfg.epochs):
             grads = [torch.zeros_like(p) for p in params]
             start, total = 0, 0.0
             for (x, _), y in zip(user, ys, strict=True):
@@ -212,12 +218,12 @@ class GradientAscent:
             now = time.monotonic()
             if progress is not None and now - last >= 0.25:
                 last = now
-                progress({"phase": "solve", "iteration": step + 1, "loss": total})
+                progress({"phase": "train", "epoch": step + 1, "loss": total})
         ids = _ids(user)
         order = torch.argsort(ids)
         model.ids, model.duals = ids[order], duals[order]
         figures = kkt_figures(model, user, duals)
-        return AscentResult(iterations=cfg.steps, residual_norm=figures["stationarity"], converged=True,
+        return AscentResult(iterations=cfg.epochs, residual_norm=figures["stationarity"], converged=True,
                             seconds=time.perf_counter() - t0, n_samples=n, operation="fit", path="gd", figures=figures)
 
     def retrain(self, model: AscentModel, retained: TensorSource, cfg: GradientAscentConfig, core_source: TensorSource | None = None,
@@ -311,27 +317,15 @@ class GradientAscent:
         return None  # one step is the method: the remedy is the retrain fallback
 
     def gate(self, bound: Bound, parent_eval: dict | None, new_eval: dict | None, cfg: GradientAscentConfig) -> GateResult:
-        """Measured gates (DESIGN §6.8): eval and retained accuracy against the parent, forget-set
-        accuracy against eval accuracy, MIA AUC, and optionally stationarity. To move onto the
-        ``standard`` family's shared gates once they exist."""
-        parent, new, reasons = parent_eval or {}, new_eval or {}, []
-        for key, what in (("accuracy", "eval"), ("retain_accuracy", "retained")):
-            if parent.get(key) is not None and new.get(key) is not None:
-                drop = float(parent[key]) - float(new[key])
-                if not drop <= cfg.max_accuracy_drop:
-                    reasons.append(f"{what} accuracy dropped by {drop:.4f} > max_accuracy_drop {cfg.max_accuracy_drop}")
-        if new.get("forget_accuracy") is not None and new.get("accuracy") is not None:
-            gap = float(new["forget_accuracy"]) - float(new["accuracy"])
-            if not gap <= cfg.max_forget_accuracy_gap:
-                reasons.append(f"forget-set accuracy exceeds eval accuracy by {gap:.4f} > max_forget_accuracy_gap {cfg.max_forget_accuracy_gap}")
-        mia = new.get("mia_auc")
-        if mia is not None and not float(mia) <= cfg.max_mia_auc:  # NaN (no eval set) fails too
-            reasons.append(f"membership-inference AUC {float(mia):.4f} > max_mia_auc {cfg.max_mia_auc}")
+        """The ``standard`` family's measured gates (DESIGN §6.7), and ``max_stationarity`` on the
+        KKT stationarity after the step when it is set."""
+        result = check_measured_gates(parent_eval, new_eval, cfg)
         if cfg.max_stationarity is not None:
             s = float((bound.extra.get("kkt") or {}).get("stationarity", math.inf))
             if not s <= cfg.max_stationarity:
-                reasons.append(f"KKT stationarity {s:.4g} > max_stationarity {cfg.max_stationarity}")
-        return GateResult(ok=not reasons, reasons=reasons)
+                result.ok = False
+                result.reasons.append(f"KKT stationarity {s:.4g} > max_stationarity {cfg.max_stationarity}")
+        return result
 
     def evaluate(self, model: AscentModel, source: TensorSource, cfg: GradientAscentConfig) -> dict:
         """Accuracy (sign of N) and mean logistic loss."""
@@ -363,34 +357,30 @@ class GradientAscent:
         del gen
         return out
 
-    def _state_bytes(self, model: AscentModel, override: dict[str, torch.Tensor] | None, metadata: dict[str, Any]) -> bytes:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
-        for k, v in (override or {}).items():
-            state[k] = v.detach().cpu().to(state[k].dtype).contiguous()
-        meta = {str(k): str(v) for k, v in metadata.items()}
-        meta.update({"format": FORMAT, "method": self.name, "architecture": model.architecture,
-                     "architecture_config": json.dumps(model.architecture_config, sort_keys=True)})
-        return st_save(state, metadata=meta)
-
     def serve_bytes(self, model: AscentModel, released: dict[str, torch.Tensor] | None, metadata: dict[str, Any]) -> bytes:
-        """The network's state dict (the fixed output layer included) with its architecture."""
-        return self._state_bytes(model, released, metadata)
+        """The family's weights file: the network's ``state_dict`` (the fixed output layer
+        included) with its architecture; ``load_model`` builds it."""
+        return standard.to_bytes(model, released, {**metadata, "method": self.name})
 
     def save_private(self, model: AscentModel) -> dict[str, bytes]:
-        weights = self._state_bytes(model, None, {"private": "noise-free; never served", "init_norm": repr(model.init_norm)})
-        duals = st_save({"ids": model.ids.contiguous(), "duals": model.duals.contiguous()},
-                        metadata={"private": "dual coefficients of the trained-on samples; never served"})
-        return {"weights": weights, "duals": duals}
+        """One family file: the float64 weights, with the ids and their λ as ``lethe.*`` tensors."""
+        meta = {"private": "noise-free, with the dual coefficients; never served", "method": self.name, "init_norm": repr(model.init_norm)}
+        return {"weights": standard.to_bytes(model, metadata=meta, extra={"ids": model.ids, "duals": model.duals})}
 
     def load_private(self, blobs: dict[str, bytes], cfg: GradientAscentConfig) -> AscentModel:
-        meta = read_metadata(blobs["weights"])
-        if meta.get("format") != FORMAT:
-            raise ConfigError(f"not a {FORMAT} file (format {meta.get('format')!r})")
+        """Read in float64 (``standard.from_bytes`` builds a float32 network: the λ accounting
+        needs the exact weights), checked against the architecture like any family file."""
+        data = blobs["weights"]
+        meta = read_metadata(data)
+        if meta.get("format") != standard.FORMAT or meta.get("method") != self.name:
+            raise ConfigError(f"not a private {self.name} file (format {meta.get('format')!r}, method {meta.get('method')!r})")
+        tensors = st_load(data)
         model = self.build(ModelSpec(meta["architecture"], json.loads(meta["architecture_config"])), cfg)
-        model.network.load_state_dict({k: v.to(DTYPE) for k, v in st_load(blobs["weights"]).items()})
+        state = {k: v for k, v in tensors.items() if not k.startswith("lethe.")}
+        problems = standard.check_state_dict(model.network, state)
+        if problems:
+            raise InvalidDataError("the private weights do not fit the architecture: " + "; ".join(problems[:10]))
+        model.network.load_state_dict({k: v.to(DTYPE) for k, v in state.items()})
         model.init_norm = float(meta.get("init_norm", "0.0"))
-        if "duals" in blobs:
-            d = st_load(blobs["duals"])
-            model.ids, model.duals = d["ids"].to(torch.int64), d["duals"].to(DTYPE)
+        model.ids, model.duals = tensors["lethe.ids"].to(torch.int64), tensors["lethe.duals"].to(DTYPE)
         return model
-
