@@ -5,24 +5,33 @@ retrain fallback when a measured gate fails, and the checkpoint upload refused (
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from pipeline_support import SECRET, forget_job, make_data, trained
+from pipeline_support import SECRET, forget_job, ingest, make_data, register_model
 from safetensors.torch import load
 from safetensors.torch import save as st_save
 from sqlalchemy import select
 
 from service.core.security import subject_key
-from service.models import AuditEvent, Job, ModelVersion, Sample, Split, VersionArtifact
+from service.job import service as job_service
+from service.models import AuditEvent, Job, JobKind, ModelVersion, Sample, Split, VersionArtifact
 from workers.execution.run import run_job
+from workers.unlearning import load_model_from_bytes
 
 D = 40
 
 
 def _ga_model(rt, **config):
     data = make_data(n_subjects=20, per_subject=4, d=D, classes=2)
-    model_id = trained(rt, "ga", data, d=D, classes=2, architecture="linear", linearize="all",
-                       architecture_config={"in_features": D, "num_classes": 2}, family="standard", method="gradient_ascent",
-                       method_config={"epochs": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
+    with rt.session_factory.begin() as s:
+        m = register_model(s, "ga", d=D, classes=2, architecture="linear", linearize="all", architecture_config={"in_features": D, "num_classes": 2},
+                           family="standard", method="gradient_ascent",
+                           method_config={"epochs": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
+        # a standard network trains on its user split only: no core samples
+        ingest(s, rt.store, m, *data["eval"], [f"eval-{i}" for i in range(len(data["eval"][1]))], "eval")
+        ingest(s, rt.store, m, *data["user"], data["subjects"], "user")
+        job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
+    assert run_job(rt, job_id) == "succeeded"
     return model_id, data
 
 
@@ -50,6 +59,9 @@ def test_a_linear_model_forgets_by_one_ascent_step_with_its_kkt_figures(rt):
         assert v1.state == "revoked" and v2.state == "live"
         second = _artifacts(rt, s, v2)
         bound, metrics = v2.bound, v2.metrics
+        published = [e.payload for e in s.execute(select(AuditEvent).where(AuditEvent.kind == "version.published")).scalars()
+                     if e.payload["number"] == 2]
+    assert len(published) == 1 and published[0]["bound"]["kkt"] == bound["kkt"]  # the figures are in the audit too
     assert bound["guarantee"] == "heuristic" and bound["method"] == "gradient_ascent" and "fallback" not in bound
     fig = bound["kkt"]
     assert fig["removed"] == 4 and fig["stationarity"] < 1e-9 < fig["stationarity_before"] and fig["feasible"] in (0.0, 1.0)
@@ -111,6 +123,12 @@ def test_the_whole_loop_over_http(rt, committed_app):  # rt first: its table tru
     assert {"stationarity", "complementary_slackness", "min_margin", "feasible"} <= set(bound["kkt"])
     weights = c.get("/v1/models/ga-http/versions/latest/weights", headers=c.auth("serving"))
     assert weights.status_code == 200 and set(load(weights.content)) == {"hidden.weight", "output"}
+    # the client's loader builds the family's file: the scalar output's sign is the label
+    x_eval, y_eval = data["eval"]
+    with torch.no_grad():
+        out = load_model_from_bytes(weights.content)(torch.from_numpy(x_eval))
+    assert out.shape == (len(y_eval), 1)
+    assert float(((out[:, 0] > 0).long().numpy() == y_eval).mean()) == pytest.approx(manifest["metrics"]["eval_accuracy"])
     status = c.get(r.headers["location"], headers=c.auth("requester")).json()
     assert status["status"] == "completed"
 
