@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pipeline_support import SECRET, forget_job, ingest, make_data, register_model
+from pipeline_support import SECRET, forget_job, load_all, make_data, register_model
 from safetensors.torch import load
 from safetensors.torch import save as st_save
 from sqlalchemy import select
@@ -27,9 +27,7 @@ def _ga_model(rt, **config):
         m = register_model(s, "ga", d=D, classes=2, architecture="linear", linearize="all", architecture_config={"in_features": D, "num_classes": 2},
                            family="standard", method="gradient_ascent",
                            method_config={"epochs": 300, "lr": 2.0, "max_accuracy_drop": 0.2, **config})
-        # a standard network trains on its user split only: no core samples
-        ingest(s, rt.store, m, *data["eval"], [f"eval-{i}" for i in range(len(data["eval"][1]))], "eval")
-        ingest(s, rt.store, m, *data["user"], data["subjects"], "user")
+        load_all(s, rt.store, m, data, core=False)
         job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
     assert run_job(rt, job_id) == "succeeded"
     return model_id, data
