@@ -9,38 +9,22 @@ Writes bench/results/pipeline.{json,md}.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
+import stack  # noqa: E402  (puts tests/integration on the path)
 import procs  # noqa: E402  (process helpers shared with the integration tests)
-
-from service.core import migrate  # noqa: E402
-from service.core.db import make_engine, make_session_factory  # noqa: E402
-from service.core.config import DatabaseSettings  # noqa: E402
-from service.client.tokens import create_token  # noqa: E402
-from service.models import Role  # noqa: E402
+from stack import npz  # noqa: E402
 
 DB = "lethe_bench_pipeline"
-URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}"
 OUT = ROOT / "bench" / "results"
-
-
-def npz(x, y, subjects, split) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, x=x, labels=y, subject_ids=np.array(subjects), split=np.array(split))
-    return buf.getvalue()
 
 
 def pct(values, q):
@@ -53,23 +37,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--window", type=int, default=5, help="batch window (s) for the latency run")
     args = ap.parse_args()
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB}"')
-    migrate.upgrade(URL)
-    engine = make_engine(DatabaseSettings(url=URL))
-    with make_session_factory(engine).begin() as s:
-        _, token = create_token(s, Role.admin, "bench")
-    engine.dispose()
-    procs.flush_redis()
-    tmp = Path(tempfile.mkdtemp(prefix="lethe-bench-"))
-    env = procs.env_for(URL, tmp / "artifacts", LETHE_PIPELINE__HEARTBEAT_TIMEOUT_S="60")
-    port = procs.free_port()
-    base = f"http://127.0.0.1:{port}"
-    running = [procs.api(env, tmp, port).start(), procs.worker(env, tmp).start(), procs.beat(env, tmp).start()]
+    base, token, running = stack.start(DB, LETHE_PIPELINE__HEARTBEAT_TIMEOUT_S="60")
     results: dict = {"command": "python bench/pipeline.py" + (f" --requests {args.requests}" if args.requests != 300 else "")}
     try:
-        procs.wait_http(base)
         c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         from workers.unlearning.datasets import load_digits_splits
 

@@ -44,6 +44,7 @@ def embedded_settings(data_dir: Path) -> Settings:
         security={"secret_key": _embedded_secret(data_dir)},
         audit={"hmac_key": _embedded_secret(data_dir, "audit_hmac_key"),
                "signing_key": _embedded_secret(data_dir, "audit_signing_key", _new_signing_key)},
+        opendsr={"key_file": data_dir / "opendsr-signing-key.pem"},
     )
 
 

@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.model_registry.router import router as registry_router
     from service.subject.router import router as subject_router
     from service.metrics.router import router as metrics_router
+    from service.opendsr.router import router as opendsr_router
+    from service.webhook.router import router as webhook_router
 
     app.include_router(deletion_router)
     app.include_router(registry_router)
@@ -81,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(subject_router)
     app.include_router(metrics_router)
     app.include_router(client_router)
+    app.include_router(webhook_router)
+    app.include_router(opendsr_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

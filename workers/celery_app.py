@@ -21,6 +21,7 @@ ROUTES = {
     "pipeline.sweep": {"queue": "default"},
     "pipeline.purge": {"queue": "default"},
     "audit.checkpoint": {"queue": "default"},
+    "webhook.deliver": {"queue": "default"},
 }
 
 
@@ -47,6 +48,7 @@ def make_celery(settings: Settings) -> Celery:
             "relay": {"task": "pipeline.relay", "schedule": settings.pipeline.outbox_interval_s},
             "sweep": {"task": "pipeline.sweep", "schedule": settings.pipeline.sweeper_interval_s},
             "audit-checkpoint": {"task": "audit.checkpoint", "schedule": settings.audit.checkpoint_interval_s},
+            "webhooks": {"task": "webhook.deliver", "schedule": settings.webhooks.interval_s},
         },
     )
     app.lethe_settings = settings

@@ -38,10 +38,22 @@ class EmbeddedRunner:
             start_worker(self.app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=30.0,
                          queues=["default", "gpu"], loglevel="WARNING")
         )
-        t = threading.Thread(target=self._tick, name="lethe-ticker", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for target, name in ((self._tick, "lethe-ticker"), (self._deliver, "lethe-webhooks")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
+
+    def _deliver(self) -> None:
+        """Webhook deliveries in a thread of their own: a slow receiver never delays the ticker."""
+        from service.webhook.delivery import run_once
+
+        rt = runtime_for(self.app)
+        while not self._stop.wait(rt.settings.webhooks.interval_s):
+            try:
+                run_once(rt.session_factory, rt.settings)
+            except Exception:  # noqa: BLE001 - keep delivering; the database holds the truth
+                log.exception("embedded webhook round failed")
 
     def _tick(self) -> None:
         from workers.execution.sweeper import sweep

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.admin import queries
 from service.admin.auth import Forbidden, SignInFirst, who
-from service.admin.views import PAGES
+from service.admin.views import PAGES, webhooks
 from service.admin.web import PREFIX, BadInput, number, render
 from service.core.config import Settings
 from service.core.errors import ProblemError
@@ -77,7 +77,8 @@ def create_admin_app(settings: Settings) -> FastAPI:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(prefix=PREFIX, nav=[page.NAV for page in PAGES if page.NAV],
                                  sla_amber=queries.SLA_AMBER_DAYS, sla_red=queries.SLA_RED_DAYS,
-                                 sla_level=queries.sla_level, number=number)
+                                 sla_level=queries.sla_level, number=number,
+                                 sla_extension_max=settings.pipeline.sla_extension_max_days, line_stops=webhooks.line_stops)
     admin.state.templates = templates
     admin.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for page in PAGES:

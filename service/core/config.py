@@ -124,6 +124,43 @@ class PipelineSettings(BaseModel):
     request_max_attempts: int = 3
     outbox_interval_s: float = 1.0
     sweeper_interval_s: float = 10.0
+    # Stop the line (DESIGN §12): a failed job no operator acknowledged blocks approvals and
+    # automatic scheduling for its model.
+    stop_the_line: bool = True
+    # The one SLA extension of a request, at most this many days (GDPR Art. 12(3): two months).
+    sla_extension_max_days: int = Field(default=60, ge=1, le=366)
+
+
+class WebhookSettings(BaseModel):
+    """Webhook deliveries (DESIGN §12): retries with exponential backoff and full jitter, then a
+    dead letter. Targets resolving to loopback, link-local, private or reserved addresses are
+    refused (at subscription and at each delivery) unless ``allow_private_targets``."""
+
+    allow_private_targets: bool = False
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    backoff_base_s: float = Field(default=10.0, ge=0.0)
+    backoff_max_s: float = Field(default=3600.0, ge=0.0)
+    timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+    max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    # A claimed delivery whose worker died is tried again after this (same webhook-id).
+    lease_s: float = Field(default=60.0, gt=0.0)
+    interval_s: float = Field(default=2.0, gt=0.0)
+    batch: int = Field(default=50, ge=1)
+    max_subscriptions_per_client: int = Field(default=20, ge=1)
+
+
+class OpenDsrSettings(BaseModel):
+    """OpenDSR processor endpoints. Callbacks are signed with RSA-SHA256: ``signing_key`` (PEM),
+    or else a key generated once into ``key_file``. ``processor_domain`` goes into the
+    ``X-OpenDSR-Processor-Domain`` header; ``public_url`` is where controllers reach /opendsr."""
+
+    processor_domain: str = "localhost"
+    public_url: str = "http://localhost:8000"
+    signing_key: str = ""
+    key_file: Path = Path("var/opendsr-signing-key.pem")
+    # PEM certificate for the signing key, issued by a CA (the specification asks for one);
+    # empty: a self-signed certificate is made from the key (development only).
+    certificate: str = ""
 
 
 class ArchitectureSettings(BaseModel):
@@ -166,6 +203,10 @@ class JobSettings(BaseModel):
     # CPU priority of a job's process (os.nice increment, 0-19): where jobs share cores with the
     # API (embedded mode), the API keeps answering promptly while a job computes.
     nice: int = Field(10, ge=0, le=19)
+    # Keep one job process started ahead (Python, torch and the job code imported; no job, no
+    # data, no database connection) so the next job does not wait for a process to start and
+    # import: most of a small forget's latency otherwise. It holds that memory while idle.
+    warm_process: bool = True
 
 
 class Settings(BaseSettings):
@@ -189,6 +230,8 @@ class Settings(BaseSettings):
     architectures: ArchitectureSettings = Field(default_factory=ArchitectureSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    opendsr: OpenDsrSettings = Field(default_factory=OpenDsrSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> "Settings":

@@ -104,6 +104,11 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     ("/metrics", "get"): {200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}},
     ("/readyz", "get"): {503: {}},
     ("/v1/tokens", "post"): {404: {"description": "The body names a client that does not exist"}},
+    # OpenDSR routes live outside /v1 but need a token like it
+    ("/opendsr/requests", "post"): {401: {}, 403: {}, 503: {}},
+    ("/opendsr/requests/{subject_request_id}", "get"): {401: {}, 403: {}, 503: {}},
+    ("/opendsr/requests/{subject_request_id}", "delete"): {401: {}, 403: {}, 409: {}, 503: {}},
+    ("/opendsr/cert.pem", "get"): {503: {}},
 }
 
 

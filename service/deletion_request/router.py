@@ -19,6 +19,7 @@ from service.deletion_request import service
 from service.deletion_request.schemas import (
     DeletionRequestCreate,
     DeletionRequestDeny,
+    DeletionRequestExtend,
     DeletionRequestPage,
     DeletionRequestRead,
 )
@@ -178,10 +179,13 @@ def cancel_deletion_request(
 @router.post("/{request_id}/approve", response_model=DeletionRequestRead)
 def approve_deletion_request(
     request_id: uuid.UUID,
+    request: Request,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(Role.operator))],
 ) -> DeletionRequestRead:
-    return service.transition(session, request_id, "approve", actor=principal.actor)
+    """409 ``line-stopped`` while a failed job of the model awaits an acknowledgement."""
+    return service.transition(session, request_id, "approve", actor=principal.actor,
+                              stop_the_line=request.app.state.settings.pipeline.stop_the_line)
 
 
 @router.post("/{request_id}/deny", response_model=DeletionRequestRead)
@@ -193,6 +197,20 @@ def deny_deletion_request(
     body: DeletionRequestDeny,
 ) -> DeletionRequestRead:
     return service.transition(session, request_id, "deny", actor=principal.actor, reason=body.reason)
+
+
+@router.post("/{request_id}/extend", response_model=DeletionRequestRead)
+def extend_deletion_request(
+    request_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(Role.operator))],
+    _json: Annotated[None, Depends(require_json)],
+    body: DeletionRequestExtend,
+) -> DeletionRequestRead:
+    """Extend the due date once, before it passes, by at most ``pipeline.sla_extension_max_days``."""
+    return service.extend_due(session, request_id, days=body.days, reason=body.reason.strip(), actor=principal.actor,
+                              max_days=request.app.state.settings.pipeline.sla_extension_max_days)
 
 
 @router.post("/{request_id}/retry", response_model=DeletionRequestRead)

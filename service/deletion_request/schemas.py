@@ -38,6 +38,17 @@ class DeletionRequestDeny(BaseModel):
     _reason_not_blank = field_validator("reason")(_not_blank)
 
 
+class DeletionRequestExtend(BaseModel):
+    """Body of ``POST /v1/deletion-requests/{id}/extend``: the one SLA extension (GDPR Art. 12(3))."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(ge=1, le=366, description="Days added to due_at; at most pipeline.sla_extension_max_days")
+    reason: str = Field(min_length=1, max_length=2000, description="Why (told to the subject; kept in the audit)")
+
+    _reason_not_blank = field_validator("reason")(_not_blank)
+
+
 class DeletionRequestRead(BaseModel):
     id: uuid.UUID
     subject_id: str | None = Field(description="The raw id; null once the request is closed")
@@ -60,6 +71,9 @@ class DeletionRequestRead(BaseModel):
     error: str | None
     attempts: int
     completed_at: datetime | None
+    extended_at: datetime | None = Field(default=None, description="When the due date was extended (once at most)")
+    extended_by: str | None = None
+    extension_reason: str | None = None
 
 
 class DeletionRequestPage(BaseModel):

@@ -58,8 +58,10 @@ from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key as make_subject_key
 from service.deletion_request import repository as repo
 from service.deletion_request.schemas import DeletionRequestCreate, DeletionRequestPage, DeletionRequestRead
+from service.job import repository as job_repo
 from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, RequestStatus
 from service.models._types import utcnow
+from service.webhook import events
 
 DEFAULT_SLA_DAYS = 30
 AUTO_APPROVER = "policy:auto_approve"
@@ -74,6 +76,18 @@ class DeletionRequestNotFound(NotFound):
 
 class IdempotencyKeyReused(ProblemError):
     status, type, title = 422, "idempotency-key-reused", "Idempotency-Key reused with a different body"
+
+
+class LineStopped(Conflict):
+    type, title = "line-stopped", "A failed job of the model awaits an operator's acknowledgement"
+
+
+class ExtensionRefused(Conflict):
+    type, title = "extension-refused", "The request's due date cannot be extended"
+
+
+class ExtensionTooLong(ProblemError):
+    status, type, title = 422, "extension-too-long", "The extension is longer than the configured maximum"
 
 
 class OpenRequestExists(Conflict):
@@ -128,6 +142,9 @@ def to_read(
         error=row.error,
         attempts=row.attempts,
         completed_at=_utc(row.completed_at),
+        extended_at=_utc(row.extended_at),
+        extended_by=row.extended_by,
+        extension_reason=row.extension_reason,
     )
 
 
@@ -266,6 +283,7 @@ def create_request(
     for _ in range(3):
         if repo.try_insert(session, values):
             row = DeletionRequest(**values)
+            events.request_changed(session, row, None, now=now)
             return CreateResult(to_read(row, model_name, None, now), "created")
         if idempotency_key is not None:
             existing = repo.by_idempotency_key(session, idempotency_key)
@@ -354,6 +372,7 @@ def close_request(
     if status not in FINAL_STATUSES:
         raise ValueError(f"{status.value} is not a final status")
     now = now or utcnow()
+    previous = row.status
     row.status = status.value
     row.updated_at = now
     if status is RequestStatus.completed:
@@ -363,6 +382,7 @@ def close_request(
     mark_erased(session)  # embedded SQLite: scrub the WAL of the raw id after this commits
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+    events.request_changed(session, row, previous, now=now)
 
 
 # action -> (statuses it may start from, status it leads to, audit event kind)
@@ -386,10 +406,13 @@ def transition(
     actor: str,
     reason: str | None = None,
     owner: int | None = None,
+    stop_the_line: bool = True,
 ) -> DeletionRequestRead:
     """Apply an operator/requester action under a row lock. An action not allowed from the
     current status raises :class:`IllegalTransition` naming ``current_status``. ``owner``:
-    only a request of this client is found (another client's is ``404``; nothing is written)."""
+    only a request of this client is found (another client's is ``404``; nothing is written).
+    ``stop_the_line``: approving a request for a model with an unacknowledged failed job is a
+    409 :class:`LineStopped` naming the job."""
     allowed_from, target, kind = TRANSITIONS[action]
     row = repo.lock(session, request_id)
     if row is None or (owner is not None and row.client_id != owner):
@@ -402,6 +425,14 @@ def transition(
             current_status=current.value,
             action=action,
         )
+    if action == "approve" and stop_the_line and row.model_id is not None:
+        failed = job_repo.unacknowledged_failure(session, row.model_id)
+        if failed is not None:
+            raise LineStopped(
+                f"Job {failed.id} of this model failed and no operator acknowledged it; acknowledge it "
+                f"(POST /v1/jobs/{failed.id}/acknowledge) before approving",
+                job_id=str(failed.id), current_status=current.value,
+            )
     now = utcnow()
     payload: dict[str, Any] = {"request_id": str(row.id), "from": current.value, "to": target.value, "model_id": row.model_id}
     if action == "approve":
@@ -438,6 +469,43 @@ def transition(
         row.open_key = open_key_for(row.subject_key, row.model_id, row.client_id)
     session.flush()
     append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
+    events.request_changed(session, row, current.value, now=now)
+    return _read_row(session, row)
+
+
+def extend_due(
+    session: Session, request_id: uuid.UUID, *, days: int, reason: str, actor: str, max_days: int,
+) -> DeletionRequestRead:
+    """The one SLA extension of a request (GDPR Art. 12(3)): before the due date passes, by at most
+    ``max_days``, with a reason; audited and announced (``request.extended``). A second one, a
+    closed request or a passed due date is a 409 :class:`ExtensionRefused`; too long a 422."""
+    if days > max_days:
+        raise ExtensionTooLong(f"An extension may add at most {max_days} days, not {days}", max_days=max_days)
+    row = repo.lock(session, request_id)
+    if row is None:
+        raise DeletionRequestNotFound(f"No deletion request with id {request_id}")
+    now = utcnow()
+    if row.status in FINAL_STATUSES:
+        raise ExtensionRefused(f"The request is {row.status}; only an unfinished request can be extended",
+                               current_status=row.status)
+    if row.extended_at is not None:
+        raise ExtensionRefused(f"The due date was already extended on {_utc(row.extended_at):%Y-%m-%d} by "
+                               f"{row.extended_by}; a request is extended once", current_status=row.status)
+    previous = _utc(row.due_at)
+    if previous <= now:
+        raise ExtensionRefused(f"The due date {previous:%Y-%m-%d %H:%M} UTC has passed; an extension must come before it",
+                               current_status=row.status)
+    row.due_at = previous + timedelta(days=days)
+    row.extended_at, row.extended_by, row.extension_reason = now, actor, reason
+    row.updated_at = now
+    session.flush()
+    append_event(session, actor=actor, kind="deletion_request.extended", subject_key=row.subject_key,
+                 payload={"request_id": str(row.id), "from": previous.isoformat(), "to": row.due_at.isoformat(),
+                          "days": days, "reason": reason})
+    events.emit(session, events.REQUEST_EXTENDED,
+                {"request_id": str(row.id), "subject_key": row.subject_key, "status": row.status, "days": days,
+                 "previous_due_at": previous.isoformat(), "due_at": row.due_at.isoformat(), "reason": reason},
+                client_id=row.client_id, now=now)
     return _read_row(session, row)
 
 

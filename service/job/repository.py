@@ -197,3 +197,18 @@ def subject_holdings(session: Session, model_id: int, keys: Sequence[str]) -> di
         for key, n, core, user, min_user in rows:
             out[key] = {"samples": int(n), "core": int(core), "user": int(user), "min_user_sample_id": min_user}
     return out
+
+
+def unacknowledged_failure(session: Session, model_id: int) -> Job | None:
+    """The newest failed job of the model that no operator acknowledged (it stops the line)."""
+    return session.execute(
+        select(Job).where(Job.model_id == model_id, Job.status == JobStatus.failed.value, Job.acknowledged_at.is_(None))
+        .order_by(Job.finished_at.desc().nulls_last(), Job.created_at.desc()).limit(1)
+    ).scalar()
+
+
+def stopped_model_ids(session: Session) -> set[int]:
+    """Models with a failed job no operator acknowledged."""
+    return set(session.execute(
+        select(Job.model_id).where(Job.status == JobStatus.failed.value, Job.acknowledged_at.is_(None)).distinct()
+    ).scalars())

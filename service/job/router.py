@@ -20,7 +20,7 @@ from service.core.pagination import decode_cursor, encode_cursor
 from service.client.tokens import Principal, require
 from service.job import repository as repo
 from service.job import service
-from service.job.schemas import JobPage, JobRead, ZeroCreate
+from service.job.schemas import JobAcknowledge, JobPage, JobRead, ZeroCreate
 from service.models import Job, JobKind, JobStatus, Role
 
 router = APIRouter(tags=["jobs"])
@@ -53,6 +53,9 @@ def to_reads(session: Session, jobs: list[Job]) -> list[JobRead]:
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            acknowledged_at=job.acknowledged_at,
+            acknowledged_by=job.acknowledged_by,
+            acknowledge_reason=job.acknowledge_reason,
         )
         for job in jobs
     ]
@@ -103,6 +106,18 @@ def retry_job(
     who: Principal = Depends(require(Role.operator)),
 ) -> JobRead:
     return to_read(session, service.retry_job(session, request.app.state.settings, job_id, who.actor))
+
+
+@router.post("/v1/jobs/{job_id}/acknowledge", response_model=JobRead, responses={**CONFLICT, **NOT_FOUND})
+def acknowledge_job(
+    job_id: uuid.UUID,
+    body: JobAcknowledge,
+    session: Session = Depends(get_session, scope="function"),
+    who: Principal = Depends(require(Role.operator)),
+) -> JobRead:
+    """Acknowledge a failed job (reason required): with ``pipeline.stop_the_line`` its model's
+    approvals and automatic scheduling resume. Audited; a ``job.acknowledged`` webhook event."""
+    return to_read(session, service.acknowledge_failure(session, job_id, actor=who.actor, reason=body.reason.strip()))
 
 
 def _started(session: Session, job: Job, response: Response) -> JobRead:

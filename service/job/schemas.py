@@ -28,6 +28,9 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    acknowledge_reason: str | None = None
 
 
 class JobPage(BaseModel):
@@ -42,3 +45,11 @@ class ZeroCreate(BaseModel):
 
     retrain: bool = Field(True, description="afterwards refit the user weights on the remaining users (a retrain job)")
     reason: str | None = Field(None, max_length=1000)
+
+
+class JobAcknowledge(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/acknowledge``: what the operator found (required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")

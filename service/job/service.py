@@ -48,6 +48,7 @@ from service.models import (
     RequestStatus,
 )
 from service.models._types import utcnow
+from service.webhook import events
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
@@ -66,6 +67,10 @@ class ActiveJobExists(Conflict):
 
 class NothingToForget(Conflict):
     type, title = "nothing-to-forget", "No queued deletion requests for this model"
+
+
+class NotAcknowledgeable(Conflict):
+    type, title = "job-not-acknowledgeable", "Only a failed job not yet acknowledged can be acknowledged"
 
 
 class NothingToRetry(Conflict):
@@ -139,7 +144,9 @@ def create_job(
                 .where(DeletionRequest.id.in_(part))
                 .values(status=RequestStatus.processing.value, job_id=job.id, updated_at=utcnow())
             )
+            events.requests_changed(session, part, RequestStatus.processing.value, RequestStatus.queued.value)
     enqueue_run(session, job)
+    events.job_changed(session, job, None)
     append_event(
         session,
         actor=actor,
@@ -196,12 +203,15 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
     jobs: list[Job] = []
     if not per_model:
         return jobs
+    # Stop the line: a model with an unacknowledged failed job is not scheduled automatically
+    # (an operator's "run now" still is).
+    stopped = repo.stopped_model_ids(session) if settings.pipeline.stop_the_line else set()
     models = {m.id: m for m in session.execute(select(Model).where(Model.id.in_(list(per_model)))).scalars()}
     for model_id, reqs in per_model.items():
         model = models.get(model_id)
-        if model is None or model_id in busy:
-            continue
         forced = force_model_id == model_id
+        if model is None or model_id in busy or (model_id in stopped and not forced):
+            continue
         oldest = min(_aware(r.created_at) for r in reqs)
         due = forced or len(reqs) >= model.batch_size or now - oldest >= timedelta(seconds=model.batch_window_s)
         if not due:
@@ -249,6 +259,7 @@ def requeue_requests(session: Session, settings: Settings, job: Job, error: str)
     for req in repo.processing_requests(session, job.id):
         req.attempts = (req.attempts or 0) + 1
         req.job_id = None
+        previous = req.status
         if req.attempts >= settings.pipeline.request_max_attempts:
             req.status = RequestStatus.failed.value
             req.error = f"job {job.id} failed: {error}"[:2000]
@@ -257,10 +268,13 @@ def requeue_requests(session: Session, settings: Settings, job: Job, error: str)
                          payload={"request_id": str(req.id), "job_id": str(job.id), "attempts": req.attempts})
         else:
             req.status = RequestStatus.queued.value
+        events.request_changed(session, req, previous)
 
 
 def fail_job(session: Session, settings: Settings, job: Job, error: str) -> None:
-    """End a job ``failed`` (visible, with its error) and hand its requests back."""
+    """End a job ``failed`` (visible, with its error) and hand its requests back. With
+    ``pipeline.stop_the_line`` the model's line stops until an operator acknowledges it."""
+    previous = job.status
     job.status = JobStatus.failed.value
     job.active_key = None
     job.error = error[:4000]
@@ -269,6 +283,9 @@ def fail_job(session: Session, settings: Settings, job: Job, error: str) -> None
     requeue_requests(session, settings, job, error)
     append_event(session, actor=WORKER, kind="job.failed",
                  payload={"job_id": str(job.id), "kind": job.kind, "attempts": job.attempts, "error": error[:500]})
+    events.job_changed(session, job, previous)
+    if settings.pipeline.stop_the_line:
+        events.emit(session, events.LINE_STOPPED, {"job_id": str(job.id), "model": events._model_name(session, job.model_id)})
 
 
 def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: str) -> Job:
@@ -295,6 +312,7 @@ def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: st
         for r in reqs:
             r.status = RequestStatus.processing.value
             r.job_id = job.id
+            events.request_changed(session, r, RequestStatus.queued.value)
         config["request_ids"] = [str(r.id) for r in reqs]
     job.config = config
     job.status = JobStatus.queued.value
@@ -312,7 +330,31 @@ def retry_job(session: Session, settings: Settings, job_id: uuid.UUID, actor: st
     except IntegrityError:
         raise _active_conflict(model, None) from None
     enqueue_run(session, job)
+    events.job_changed(session, job, JobStatus.failed.value)
     append_event(session, actor=actor, kind="job.retried", payload={"job_id": str(job.id), "requests": len(config.get("request_ids", []))})
+    return job
+
+
+def acknowledge_failure(session: Session, job_id: uuid.UUID, *, actor: str, reason: str) -> Job:
+    """An operator has looked at a failed job: the model's line runs again (approvals and
+    scheduling), audited and announced. 409 :class:`NotAcknowledgeable` unless the job is failed
+    and not acknowledged yet."""
+    job = repo.job_for_update(session, job_id)
+    if job is None:
+        raise JobNotFound(f"No job with id {job_id}", job_id=str(job_id))
+    if job.status != JobStatus.failed.value or job.acknowledged_at is not None:
+        raise NotAcknowledgeable(
+            f"Job {job_id} is {job.status}" + (f", acknowledged by {job.acknowledged_by}" if job.acknowledged_at else ""),
+            current_status=job.status,
+        )
+    job.acknowledged_at = utcnow()
+    job.acknowledged_by = actor
+    job.acknowledge_reason = reason
+    session.flush()
+    model = events._model_name(session, job.model_id)
+    append_event(session, actor=actor, kind="job.acknowledged", payload={"job_id": str(job.id), "model": model, "reason": reason})
+    events.emit(session, events.JOB_ACKNOWLEDGED, {"job_id": str(job.id), "model": model, "reason": reason,
+                                                   "line_stopped": repo.unacknowledged_failure(session, job.model_id) is not None})
     return job
 
 
@@ -373,10 +415,13 @@ def claim(session: Session, settings: Settings, job_id: uuid.UUID, *, now: datet
     if exhausted(job):
         fail_job(session, settings, job, job.error or f"gave up after {job.attempts} attempts (the worker kept dying)")
         return None
+    previous = job.status
     job.attempts += 1
     job.status = JobStatus.running.value
     job.started_at = job.started_at or now
     job.heartbeat_at = now
+    if previous != job.status:
+        events.job_changed(session, job, previous)
     return job.attempts
 
 
@@ -427,6 +472,7 @@ def record_failure(session: Session, settings: Settings, job_id: uuid.UUID, atte
     job.status = JobStatus.queued.value
     job.progress = {**(job.progress or {}), "retrying": True}
     enqueue_run(session, job)
+    events.job_changed(session, job, JobStatus.running.value)
     return "retrying"
 
 
@@ -452,9 +498,12 @@ def requeue_stale(session: Session, settings: Settings, now: datetime) -> dict[s
             fail_job(session, settings, job, job.error or f"{why}; gave up after {job.attempts} attempts")
             out["failed"] += 1
             continue
+        previous = job.status
         job.status = JobStatus.queued.value
         job.error = f"{why}; re-sent by the sweeper"
         enqueue_run(session, job)
+        if previous != job.status:
+            events.job_changed(session, job, previous)
         out["requeued"] += 1
     return out
 
@@ -471,6 +520,7 @@ def succeed_job(session: Session, settings: Settings, job: Job, version_id: int,
     job.metrics = metrics
     job.finished_at = now
     job.progress = {"step": "publish", "done": True, "version": number}
+    events.job_changed(session, job, JobStatus.running.value)
     if job.kind == JobKind.zero.value and (job.config or {}).get("then_retrain"):
         session.flush()
         model = session.get(Model, job.model_id)

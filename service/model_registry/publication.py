@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.model_registry.service import move_alias
 from service.models import Model, ModelAlias, ModelVersion, Sample, SubjectTombstone, VersionArtifact, VersionState
+from service.webhook import events
 
 IN_CHUNK = 1000
 
@@ -56,6 +57,7 @@ def add_version(session: Session, model: Model, *, job_id: uuid.UUID, parent_id:
     )
     session.add(version)
     session.flush()
+    events.version_event(session, events.VERSION_PUBLISHED, version, model.name)
     for name, art in private_artifacts.items():
         session.add(VersionArtifact(version_id=version.id, name=name, uri=art["uri"], sha256=art.get("sha256", ""),
                                     size_bytes=int(art.get("size_bytes", 0))))
@@ -83,6 +85,7 @@ def revoke_holders(session: Session, model: Model, version: ModelVersion, holdin
         v.state = VersionState.revoked.value
         v.revoked_at = now
         v.revoked_reason = reason[:200]
+        events.version_event(session, events.VERSION_REVOKED, v, model.name)
     session.flush()
     return held_by, list(to_revoke.values())
 

@@ -25,6 +25,7 @@ from service.models.outbox import OutboxMessage
 from service.models.sample import Sample, SampleChunk
 from service.models.subject_tombstone import SubjectTombstone
 from service.models.version_artifact import VersionArtifact
+from service.models.webhook import OpenDsrRequest, WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookSubscription
 
 __all__ = [
     "ACTIVE_JOB_STATUSES",
@@ -43,6 +44,7 @@ __all__ = [
     "Model",
     "ModelAlias",
     "ModelVersion",
+    "OpenDsrRequest",
     "OutboxMessage",
     "RequestStatus",
     "Role",
@@ -52,4 +54,8 @@ __all__ = [
     "SubjectTombstone",
     "VersionArtifact",
     "VersionState",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookSubscription",
 ]

@@ -51,4 +51,8 @@ class DeletionRequest(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    # The one SLA extension an operator may grant (GDPR Art. 12(3)): when, by whom, why.
+    extended_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    extended_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)

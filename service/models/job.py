@@ -43,6 +43,10 @@ class Job(Base):
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     requested_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Stop the line: a failed job nobody acknowledged blocks its model (DESIGN §12).
+    acknowledged_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    acknowledge_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

@@ -29,7 +29,7 @@ def clean_env() -> dict[str, str]:
 
 
 class EmbeddedServer:
-    def __init__(self, data: Path, log: Path, *extra: str) -> None:
+    def __init__(self, data: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data = data
         self.log = log
         self.port = free_port()
@@ -38,7 +38,7 @@ class EmbeddedServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--embedded", "--data-dir", str(data),
              "--port", str(self.port), *extra],
-            stdout=self._out, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT,
+            stdout=self._out, stderr=subprocess.STDOUT, env=clean_env() | (env or {}), cwd=ROOT,
         )
         self.admin_token = ""
 

@@ -29,6 +29,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/deletion-requests/{request_id}/approve"): {"operator", "admin"},
     ("POST", "/v1/deletion-requests/{request_id}/deny"): {"operator", "admin"},
     ("POST", "/v1/deletion-requests/{request_id}/retry"): {"operator", "admin"},
+    ("POST", "/v1/deletion-requests/{request_id}/extend"): {"operator", "admin"},
     # models: only admins register, ingest and train; metadata readable by all roles
     ("POST", "/v1/models"): {"admin"},
     ("GET", "/v1/models"): ALL,
@@ -46,6 +47,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/models/{name}/forget-now"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/zero"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/retry"): {"operator", "admin"},
+    ("POST", "/v1/jobs/{job_id}/acknowledge"): {"operator", "admin"},
     ("GET", "/v1/jobs"): {"operator", "auditor", "admin"},
     ("GET", "/v1/jobs/{job_id}"): {"operator", "auditor", "admin"},
     # audit and receipts
@@ -60,6 +62,21 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/v1/tokens"): {"admin"},
     ("POST", "/v1/tokens"): {"admin"},
     ("POST", "/v1/tokens/{token_id}/revoke"): {"admin"},
+    # webhooks: every role that learns of changes subscribes (its own client's; admins see all)
+    ("GET", "/v1/webhooks"): {"requester", "operator", "auditor", "admin"},
+    ("POST", "/v1/webhooks"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/event-types"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("DELETE", "/v1/webhooks/{webhook_id}"): {"requester", "operator", "auditor", "admin"},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"requester", "operator", "auditor", "admin"},
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): {"requester", "operator", "auditor", "admin"},
+    # OpenDSR: controllers are requesters (their client owns the requests)
+    ("GET", "/opendsr/discovery"): PUBLIC,
+    ("GET", "/opendsr/cert.pem"): PUBLIC,
+    ("POST", "/opendsr/requests"): {"requester", "admin"},
+    ("GET", "/opendsr/requests/{subject_request_id}"): {"requester", "admin"},
+    ("DELETE", "/opendsr/requests/{subject_request_id}"): {"requester", "admin"},
     # operations
     ("GET", "/metrics"): {"operator", "auditor", "admin"},
     ("GET", "/healthz"): PUBLIC,
@@ -74,6 +91,9 @@ _PARAMS = {
     "alias": "production",
     "subject_id": "someone-1",
     "token_id": "987654",
+    "webhook_id": "987654",
+    "delivery_id": "987654",
+    "subject_request_id": str(uuid.uuid4()),
 }
 # A body that passes validation where the route authenticates after validating (the intake
 # hot path does both in one step; see its docstring). Elsewhere an empty JSON object.
@@ -86,9 +106,9 @@ def _routes(app) -> set[tuple[str, str]]:
 
 def _call(client, method: str, path: str, headers: dict[str, str]):
     url = path.format(**{k: v for k, v in _PARAMS.items() if "{" + k + "}" in path})
-    if method == "GET":
-        return client.get(url, headers=headers)
-    return client.post(url, json=_BODIES.get((method, path), {}), headers=headers)
+    if method in ("GET", "DELETE"):
+        return client.request(method, url, headers=headers)
+    return client.request(method, url, json=_BODIES.get((method, path), {}), headers=headers)
 
 
 def test_every_route_has_an_explicit_rule(client):

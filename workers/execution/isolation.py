@@ -2,9 +2,12 @@
 
 Parent side, :func:`run_isolated(rt, job_id) <run_isolated>` (the ``job.run`` task calls it, in a
 Celery worker or in the embedded server's in-process worker): starts
-``python -m workers.execution.isolation JOB_ID RESULT_FILE`` with the settings on its stdin
-(pickled: they may hold secrets, never put on a command line), and watches the child's resident
-memory every ``jobs.watchdog_interval_s``. The parent imports no torch.
+``python -m workers.execution.isolation`` and sends it the job id, a result file and the settings
+on its stdin (pickled: they may hold secrets, never put on a command line), and watches the
+child's resident memory every ``jobs.watchdog_interval_s``. The parent imports no torch. With
+``jobs.warm_process`` the next job's process is started while a job runs: it imports torch and
+the job code, then waits on its stdin, so the next job skips the process start (a spare whose
+environment differs from the next job's, or that died, is replaced by a fresh process).
 
 Child side, :func:`main`: rebuilds the runtime from the settings, registers the architectures the
 administrator declared, resolves the job's device and, for a CPU job, caps its own address space
@@ -73,6 +76,36 @@ def _fail_killed(rt: Runtime, job_id: uuid.UUID, attempts_before: int, error: st
         return job_service.record_failure(session, rt.settings, job_id, attempts_before + 1, error, "", permanent=not retry)
 
 
+_spare: tuple[dict[str, str], subprocess.Popen] | None = None  # the process started ahead, and its environment
+_spare_lock = threading.Lock()
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "workers.execution.isolation"], stdin=subprocess.PIPE, env=env)
+
+
+def _job_process(env: dict[str, str]) -> subprocess.Popen:
+    """The spare started ahead when it is alive and has this environment; else a new process.
+    A spare holds no job until it reads one from its stdin, so using it or not is the same."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        spare_env, proc = spare
+        if spare_env == env and proc.poll() is None:
+            return proc
+        proc.kill()
+        proc.wait()
+    return _spawn(env)
+
+
+def _start_spare(env: dict[str, str]) -> None:
+    global _spare
+    with _spare_lock:
+        if _spare is None:
+            _spare = (env, _spawn(env))
+
+
 def run_isolated(rt: Runtime, job_id: uuid.UUID | str) -> str:
     """Run the job in a child process under the memory cap; the same statuses as ``run_job``."""
     job_id = uuid.UUID(str(job_id))
@@ -86,13 +119,14 @@ def run_isolated(rt: Runtime, job_id: uuid.UUID | str) -> str:
     os.close(fd)
     result = Path(result_name)
     try:
-        child = subprocess.Popen([sys.executable, "-m", "workers.execution.isolation", str(job_id), str(result)],
-                                 stdin=subprocess.PIPE, env=env)
+        child = _job_process(env)
         try:
-            child.stdin.write(pickle.dumps(rt.settings))
+            child.stdin.write(pickle.dumps((str(job_id), str(result), rt.settings)))
             child.stdin.close()
         except BrokenPipeError:
             pass
+        if jobs.warm_process:
+            _start_spare(env)  # imports while this job runs: ready for the next one
         over = 0
         while child.poll() is None:
             rss = _rss_bytes(child.pid)
@@ -158,9 +192,15 @@ def _uses_cuda(rt: Runtime, job_id: uuid.UUID) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    job_id, result = uuid.UUID(argv[1]), Path(argv[2])
-    settings: Settings = pickle.loads(sys.stdin.buffer.read())
     _exit_with_parent()
+    # imported before the job arrives (a spare waits here): torch and the job code, nothing that
+    # reads the job's settings, data or database
+    import torch  # noqa: F401
+
+    import workers.execution.run  # noqa: F401
+
+    job, result_name, settings = pickle.loads(sys.stdin.buffer.read())
+    job_id, result = uuid.UUID(job), Path(result_name)
     if settings.jobs.nice:
         os.nice(settings.jobs.nice)  # the API (same machine in embedded mode) stays responsive
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [job %(process)d] %(message)s")

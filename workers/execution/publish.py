@@ -35,6 +35,7 @@ from service.core.storage import ArtifactCorrupt, digest_of
 from service.model_registry import publication
 from service.models import JobStep, ModelVersion, RequestStatus
 from service.models._types import utcnow
+from service.webhook import events
 from workers.execution.common import HOOKS, JobAbandoned, json_safe
 from workers.runtime import Runtime
 
@@ -117,6 +118,7 @@ def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVer
                 req.job_id = None
                 if req.subject_key in still_held:
                     req.status = RequestStatus.queued.value  # next model holding the subject
+                    events.request_changed(session, req, RequestStatus.processing.value, now=now)
                     continue
             close_request(session, req, RequestStatus.completed, actor=PUBLISHER, kind="request.completed", now=now,
                           payload={"request_id": str(req.id), "model": model.name, "clean_version": version.number,

@@ -164,20 +164,42 @@ def _collect(rt: Runtime, job: Job, model: Model) -> dict:
     }
 
 
-def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> dict[str, Any]:
-    with read_session(rt.session_factory) as session:
-        core = read_samples(session, rt.store, model.id, splits=[Split.core.value], exclude_subject_keys=exclude)
-        user = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
-        ev = read_samples(session, rt.store, model.id, splits=[Split.eval.value], exclude_subject_keys=exclude)
-        forget = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude, include_ids=True) if exclude else None
+class _Data(dict):
+    """The job's data sets, each read from the store on first use: a forget from kept statistics
+    never reads the core split, the solve step never reads the eval split."""
+
+    def __init__(self, load: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, key: str) -> Any:
+        self[key] = value = self._load(key)
+        return value
+
+
+def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> _Data:
     cs = cfg.chunk_size  # common to every method's config (methods.MethodConfig)
-    return {
-        "core": TensorSource(core.x, core.y, cs),
-        "user": TensorSource(user.x, user.y, cs, ids=user.ids),
-        "eval": TensorSource(ev.x, ev.y, cs),
-        "forget": TensorSource(forget.x, forget.y, cs, ids=forget.ids) if forget is not None and len(forget) else None,
-        "watermark": int(user.ids.max()) if len(user) else None,
-    }
+
+    def load(part: str) -> Any:
+        if part == "watermark":
+            user = data["user"]
+            return int(user.ids.max()) if len(user) else None
+        with read_session(rt.session_factory) as session:
+            if part in ("core", "eval"):
+                s = read_samples(session, rt.store, model.id, splits=[getattr(Split, part).value], exclude_subject_keys=exclude)
+                return TensorSource(s.x, s.y, cs)
+            if part == "user":
+                s = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
+                return TensorSource(s.x, s.y, cs, ids=s.ids)
+            if part == "forget":
+                if not exclude:
+                    return None
+                s = read_samples(session, rt.store, model.id, splits=[Split.user.value], only_subject_keys=exclude, include_ids=True)
+                return TensorSource(s.x, s.y, cs, ids=s.ids) if len(s) else None
+        raise KeyError(part)
+
+    data = _Data(load)
+    return data
 
 
 def _put(rt: Runtime, data: bytes, prefix: str) -> dict:

@@ -74,6 +74,15 @@ def audit_checkpoint_task(self) -> int | None:
         return None if cp is None else int(cp.seq)
 
 
+@shared_task(name="webhook.deliver", bind=True)
+def deliver_webhooks_task(self) -> int:
+    """Fan out new webhook events and send the deliveries that are due (a round; beat repeats it)."""
+    from service.webhook.delivery import run_once
+
+    rt = runtime_for(self.app)
+    return run_once(rt.session_factory, rt.settings)
+
+
 @shared_task(name="pipeline.purge", bind=True, acks_late=True)
 def purge_task(self, model_id: int) -> dict:
     from workers.execution.purge import purge_model

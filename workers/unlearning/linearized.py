@@ -140,6 +140,10 @@ class MixedLinearModel(nn.Module):
         # head-relative name -> network name, for every head parameter and the linearised subset
         self._head_names = {n: id_to_name[id(p)] for n, p in self.head.named_parameters()}
         self._lin = [n for n, p in self.head.named_parameters() if id(p) in lin_ids]
+        # the head is one nn.Linear whose parameters are all linearised: f_ML = (W_c + W_u) φ + (b_c + b_u)
+        mods = [m for m in self.head.modules() if not isinstance(m, (nn.Sequential, nn.Identity, nn.Flatten))]
+        self._affine = mods[0] if (len(mods) == 1 and isinstance(mods[0], nn.Linear)
+                                   and set(self._lin) == {n for n, _ in self.head.named_parameters()}) else None
 
     # -- parameters -----------------------------------------------------------------------
     def _lin_core(self) -> dict[str, torch.Tensor]:
@@ -209,6 +213,13 @@ class MixedLinearModel(nn.Module):
         return fn(u)[0]
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        lin = self._affine
+        if lin is not None:  # exactly f(x; w_c) + J w_u for an affine head, without a forward-mode pass
+            names = {id(p): n for n, p in self.head.named_parameters()}
+            w = lin.weight + self.user[names[id(lin.weight)]]
+            b = None if lin.bias is None else lin.bias + self.user[names[id(lin.bias)]]
+            with torch.no_grad():
+                return nn.functional.linear(feats, w, b)
         out, jv = self.head_jvp(feats, self.user)
         return out + jv
 

@@ -68,7 +68,7 @@ def save_weights(path: str | Path, model: MixedLinearModel, user_override: dict[
 
 
 def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
-                          architectures: Mapping[str, Builder] | None = None) -> MixedLinearModel:
+                          architectures: Mapping[str, Builder] | None = None, dtype: str | torch.dtype = "auto") -> MixedLinearModel:
     meta = read_metadata(data)
     if meta.get("format") == LINEAR_HEAD_FORMAT:  # a certified_removal release: extractor + linear head
         from workers.unlearning.methods.certified_removal.method import load_linear_head
@@ -94,7 +94,8 @@ def load_model_from_bytes(data: bytes, device: str | torch.device = "cpu", *,
     net = build_network(arch, cfg, architectures={arch: builder})
     core = {k[len("core.") :]: v for k, v in tensors.items() if k.startswith("core.")}
     net.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in core.items()})
-    model = MixedLinearModel(net, meta["linearize"], float(meta["target_scale"]), architecture=arch, architecture_config=cfg, device=device)
+    model = MixedLinearModel(net, meta["linearize"], float(meta["target_scale"]), architecture=arch, architecture_config=cfg, device=device,
+                              dtype=dtype)
     # load exactly (the file may hold float64 core weights)
     with torch.no_grad():
         state = model.network.state_dict()

@@ -8,6 +8,6 @@ Adding a page is that module plus one line in :data:`PAGES` (the menu follows it
 
 from __future__ import annotations
 
-from service.admin.views import audit, jobs, login, models, overview, requests, subjects
+from service.admin.views import audit, jobs, login, models, overview, requests, subjects, webhooks
 
-PAGES = (login, overview, requests, jobs, models, subjects, audit)
+PAGES = (login, overview, requests, jobs, models, subjects, audit, webhooks)

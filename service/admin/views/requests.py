@@ -75,7 +75,8 @@ async def bulk_approve(request: Request):
     for rid in ids:  # one transaction each: a request that moved on meanwhile does not block the others
         try:
             with factory(request).begin() as db:
-                requests_service.transition(db, rid, "approve", actor=me.actor)
+                requests_service.transition(db, rid, "approve", actor=me.actor,
+                                            stop_the_line=settings(request).pipeline.stop_the_line)
             done += 1
         except ProblemError as exc:
             refused.append(f"{str(rid)[:8]}: {exc.detail}")
@@ -94,7 +95,8 @@ async def request_action(request: Request, rid: uuid.UUID, action: str):
     if action == "deny" and not reason:
         raise BadInput("Denying a request needs a reason.")
     with factory(request).begin() as db:
-        r = requests_service.transition(db, rid, action, actor=me.actor, reason=reason)
+        r = requests_service.transition(db, rid, action, actor=me.actor, reason=reason,
+                                            stop_the_line=settings(request).pipeline.stop_the_line)
     return redirect(f"{PREFIX}/requests/{rid}", f"Request {action}: now {r.status.value}.")
 
 

@@ -235,6 +235,11 @@ def test_due_before_filter_reaches_past_the_first_page(client, db):
 def test_request_actions_bulk_deny_cancel_retry_and_timeline(client, db):
     m, reqs = _seed(db, _secret(client))
     csrf = _signed_in(client, "operator")
+    # the seeded failed job stops the model's line (issue 19): approval is refused until acknowledged
+    assert client.post(f"/admin/requests/{reqs[0].id}/approve", data={"csrf": csrf}).status_code == 409
+    failed = db.scalars(select(Job).where(Job.model_id == m.id, Job.status == "failed")).one()
+    assert client.post(f"/admin/line-stops/{failed.id}/acknowledge", data={"csrf": csrf, "reason": "seen"},
+                       follow_redirects=False).status_code == 303
     r = client.post("/admin/requests/bulk-approve", data={"csrf": csrf, "ids": [str(reqs[0].id), str(reqs[3].id)]},
                     follow_redirects=False)
     assert r.status_code == 303

@@ -191,3 +191,32 @@ def test_a_duplicate_delivery_starts_no_process(rt, nets, monkeypatch):
         session.execute(update(Job).where(Job.id == job_id).values(status="running", heartbeat_at=utcnow()))
     assert run_isolated(rt, job_id) == "skipped"
     assert started == []
+
+
+def test_the_next_job_runs_in_the_process_started_ahead(rt, nets):
+    """jobs.warm_process: while a job runs, the next job's process starts and imports; the next job
+    runs in it (and succeeds), and another one is started for the job after. A spare started with
+    another environment is not used: it is replaced."""
+    from service.models import Model
+    from workers.execution import isolation
+
+    job_id, name, _ = _forget_job(rt, "mlp", subjects=("subject-001",))
+    assert run_isolated(rt, job_id) == "succeeded"
+    env, spare = isolation._spare
+    assert spare.poll() is None  # alive, waiting for a job on its stdin
+    with rt.session_factory.begin() as s:
+        m = s.execute(select(Model).where(Model.name == name)).scalar_one()
+        req = file_request(s, m, "subject-002")
+        second = job_service.create_job(s, rt.settings, m, JobKind.forget, actor="test", request_ids=[req.id]).id
+    assert run_isolated(rt, second) == "succeeded"
+    assert spare.wait(timeout=30) == 0  # it ran the second job and exited
+    job, reqs, versions = _state(rt, second, [req.id])
+    assert job.status == "succeeded" and reqs[0].status == "completed" and versions == 2
+    _, fresh = isolation._spare
+    assert fresh.pid != spare.pid and fresh.poll() is None
+    other = isolation._job_process({**env, "LETHE_SPARE_TEST": "1"})  # another environment: a new process
+    try:
+        assert other is not fresh and fresh.wait(timeout=30) != 0  # the unusable spare was stopped
+    finally:
+        other.kill()
+        other.wait()

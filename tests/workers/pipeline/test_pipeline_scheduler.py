@@ -211,6 +211,9 @@ def test_requests_fail_once_their_own_attempts_run_out(db, store, settings):
         [job] = job_service.schedule(db, settings, now=_later(1))
         job_service.fail_job(db, settings, job, f"boom {i}")
         db.refresh(r)
+        # stop the line: no automatic batch until an operator acknowledged the failure
+        assert job_service.schedule(db, settings, now=_later(1)) == []
+        job_service.acknowledge_failure(db, job.id, actor="op", reason=f"seen boom {i}")
     assert r.status == "failed" and r.attempts == settings.pipeline.request_max_attempts
     assert "boom" in r.error and r.open_key is None
     assert job_service.schedule(db, settings, now=_later(1)) == []

@@ -295,3 +295,29 @@ def test_release_noise_has_exactly_the_configured_scale(noise_std):
     # far from the mutants: 0.8× the scale gives ss/n ≈ 0.64, 1.25× ≈ 1.56
     assert hi / n < 1.25 and lo / n > 0.8
     assert abs(float(z.mean())) < 6 / math.sqrt(n)  # centred on the noise-free weights
+
+
+def test_auc_with_ties_matches_the_pairwise_count():
+    """The vectorised Mann–Whitney AUC against its definition, counted over every pair (ties ½)."""
+    from workers.unlearning import auc
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        pos = torch.randint(0, 4, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).to(torch.float64)
+        neg = torch.randint(0, 4, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g).to(torch.float64)
+        pairs = (pos[:, None] > neg[None, :]).to(torch.float64) + 0.5 * (pos[:, None] == neg[None, :]).to(torch.float64)
+        assert auc(pos, neg) == pytest.approx(float(pairs.mean()), abs=1e-12)
+
+
+@pytest.mark.parametrize("kw", [{}, {"arch": "cnn", "d": 4, "hidden": 3}], ids=["mlp", "cnn"])
+def test_affine_head_forward_equals_the_explicit_jacobian_product(kw):
+    """last:1 evaluates f_ML as (W_c + W_u)φ + b_c + b_u (no forward-mode pass): the same
+    function as f(x; w_c) + J w_u from the oracle's materialised Jacobian, and zero gives the core."""
+    model, method, cfg, x, y, _, oracle = tiny_problem(linearize="last:1", n=20, **kw)
+    method.fit(model, TensorSource(x, y), cfg)
+    assert model._affine is not None
+    J, f0 = oracle.jacobian_and_f0()
+    expected = (f0 + J @ model.flatten(model.user)).reshape(len(y), -1)
+    assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
+    method.zero(model)
+    assert torch.equal(model(x), model.network(x))

@@ -3,6 +3,7 @@ torch.func, cached or streamed) against the independent dense oracle, plus bound
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -157,7 +158,8 @@ def test_cuda_float32_passes_reach_the_float64_solution():
     from workers.unlearning import MixedLinearModel
 
     model, method, cfg, x, y, _, oracle = tiny_problem(n=40, hidden=[8], activation="tanh")
-    gpu = MixedLinearModel(model.network, model.linearize, model.target_scale, architecture="mlp",
+    # a copy: building on CUDA moves the network, and the oracle keeps using the CPU one
+    gpu = MixedLinearModel(copy.deepcopy(model.network), model.linearize, model.target_scale, architecture="mlp",
                            architecture_config=model.architecture_config, device="cuda")
     assert gpu.dtype_ == torch.float32
     c = cfg.model_copy(update={"tol": 1e-6, "max_newton_steps": 8})

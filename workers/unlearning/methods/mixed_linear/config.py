@@ -22,7 +22,9 @@ class MixedLinearConfig(MethodConfig):
     max_newton_steps: int = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where new models are built (build_model)")
     dtype: Literal["auto", "float64", "float32"] = Field(
-        "auto", description="pass dtype: auto = float64 on CPU, float32 on CUDA (CG scalars and reductions are always float64)"
+        "auto", description="dtype of the network and the user weights: auto = float64 on CPU, float32 on CUDA (CG scalars and "
+        "reductions are always float64). float32 user weights floor the gradient norm at 1e-8 to 1e-7, so the certified bound can miss "
+        "max_kl_per_release (then the job falls back to zero + retrain): choose float64 for certified forgets on CUDA",
     )
     precondition: bool = Field(False, description="Jacobi-precondition CG (explicit path only; the benchmark found it slower on MLPs)")
     cache_bytes: int = Field(512 * 2**20, ge=0, description="cache per-chunk head inputs/activations up to this size, else stream")

@@ -77,7 +77,7 @@ class MixedLinear:
     # -- the runner's interface (methods.base.ForgettingMethod) ---------------------------------
     def build(self, spec: ModelSpec, cfg: MixedLinearConfig) -> MixedLinearModel:
         return MixedLinearModel.build(spec.architecture, spec.architecture_config, spec.linearize, cfg.target_scale,
-                                      device=cfg.device, seed=cfg.seed)
+                                      device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
 
     def prepare(self, model: MixedLinearModel, core: TensorSource, cfg: MixedLinearConfig, progress: Progress = None) -> dict:
         return self.train_core(model, core, cfg, progress)
@@ -113,7 +113,7 @@ class MixedLinear:
         return out
 
     def load_private(self, blobs: dict[str, bytes], cfg: MixedLinearConfig) -> MixedLinearModel:
-        model = load_model_from_bytes(blobs["weights"], device=cfg.device)
+        model = load_model_from_bytes(blobs["weights"], device=cfg.device, dtype=cfg.dtype)
         if "gram" in blobs:
             model.fitted_gram = GramState.from_tensors(st_load(blobs["gram"]), device=model.device_)
         return model
@@ -264,7 +264,8 @@ class MixedLinear:
         initialisation, so no trace of removed core samples survives)."""
         if core_source is not None:
             fresh = MixedLinearModel.build(
-                model.architecture, model.architecture_config, model.linearize, model.target_scale, device=model.device_, seed=cfg.seed
+                model.architecture, model.architecture_config, model.linearize, model.target_scale, device=model.device_,
+                dtype=model.dtype_, seed=cfg.seed,
             ) if model.architecture else None
             if fresh is not None:
                 with torch.no_grad():
