@@ -26,6 +26,7 @@ from service.job.router import to_read
 from service.job.schemas import JobRead
 from service.model_registry import service as registry
 from service.models import JobKind
+from workers.unlearning.methods import config_classes
 
 router = APIRouter(tags=["jobs"])
 CHECKPOINT_PATH = r"/v1/models/[^/]+/checkpoint"  # its own body limit (service.core.limits)
@@ -50,7 +51,7 @@ def _check_header(first: bytes, total: int) -> None:
 
 
 @router.post("/v1/models/{name}/checkpoint", response_model=JobRead, status_code=202,
-             responses={409: {"description": "Not a standard-family model, or the model already has an active job"},
+             responses={409: {"description": "Not a standard-family model, a method that takes no checkpoint (gradient_ascent), or the model already has an active job"},
                         404: {"description": "Unknown model"}})
 async def upload_checkpoint(name: str, request: Request, response: Response, session: Session = Depends(get_session, scope="function"),
                             who: Principal = Depends(require())) -> JobRead:
@@ -64,6 +65,9 @@ async def upload_checkpoint(name: str, request: Request, response: Response, ses
     model = await anyio.to_thread.run_sync(registry.get_model, session, name)
     if model.family != "standard":
         raise Conflict(f"model {name!r} is of family {model.family!r}; checkpoints are for the standard family", model=name)
+    refused = getattr(config_classes().get(model.method), "checkpoint_refused", None)
+    if refused:
+        raise Conflict(f"model {name!r} uses {model.method}, which takes no checkpoint: {refused}", model=name)
     store = request.app.state.store
     tmp = await anyio.to_thread.run_sync(store.temp_path, ".safetensors")
     digest, total, first = hashlib.sha256(), 0, b""

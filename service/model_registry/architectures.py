@@ -2,7 +2,7 @@
 
 No torch here. A model names a registry key:
 
-* a built-in (``mlp``, ``cnn``): its config is validated by a pydantic model, completed from the
+* a built-in (``mlp``, ``cnn``, ``linear``, ``two_layer_relu``): its config is validated by a pydantic model, completed from the
   model's ``input_shape`` and ``num_classes`` and measured arithmetically (parameters, layers);
 * an entry the administrator declared (``settings.architectures.declared``: key ->
   ``package.module:function``) or installed as an entry point of ``lethe.architectures``: it is
@@ -82,6 +82,17 @@ class CnnConfig(BaseModel):
     hidden: StrictInt = Field(64, ge=1)
 
 
+class LinearConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    in_features: StrictInt | None = Field(None, ge=1)
+    num_classes: StrictInt | None = Field(None, ge=2)
+
+
+class TwoLayerReluConfig(LinearConfig):
+    hidden: StrictInt = Field(64, ge=1)
+
+
 @dataclass(frozen=True)
 class Measure:
     parameters: int
@@ -136,9 +147,33 @@ def _cnn(config: dict[str, Any], input_shape: list[int], num_classes: int, limit
     return done, Measure(params, len(cfg.channels) + 2)
 
 
+def _binary(cfg: LinearConfig, architecture: str, input_shape: list[int], num_classes: int) -> tuple[int, int]:
+    """(in_features, 2): the homogeneous scalar-output networks separate two classes by sign."""
+    fin = _same("in_features", cfg.in_features, math.prod(input_shape), f"the product of input_shape {input_shape}")
+    ncls = _same("num_classes", cfg.num_classes, num_classes, "the model's num_classes")
+    if ncls != 2:
+        raise _fail(ArchitectureInvalid, "num_classes",
+                    f"{architecture} has one scalar output whose sign is the label: num_classes must be 2, got {ncls}")
+    return fin, ncls
+
+
+def _linear(config: dict[str, Any], input_shape: list[int], num_classes: int, limits: LimitsSettings) -> tuple[dict[str, Any], Measure]:
+    fin, ncls = _binary(LinearConfig.model_validate(config), "linear", input_shape, num_classes)
+    return {"in_features": fin, "num_classes": ncls}, Measure(fin, 1)
+
+
+def _two_layer_relu(config: dict[str, Any], input_shape: list[int], num_classes: int, limits: LimitsSettings) -> tuple[dict[str, Any], Measure]:
+    cfg = TwoLayerReluConfig.model_validate(config)
+    fin, ncls = _binary(cfg, "two_layer_relu", input_shape, num_classes)
+    # the output layer is a fixed buffer (±1/√m): only the hidden layer has parameters
+    return {"in_features": fin, "num_classes": ncls, "hidden": cfg.hidden}, Measure(fin * cfg.hidden, 1)
+
+
 BUILTINS: dict[str, Callable[[dict[str, Any], list[int], int, LimitsSettings], tuple[dict[str, Any], Measure]]] = {
     "mlp": _mlp,
     "cnn": _cnn,
+    "linear": _linear,
+    "two_layer_relu": _two_layer_relu,
 }
 
 

@@ -78,11 +78,13 @@ class ModelCreate(BaseModel):
                 data = {**data, "method_config": {"method": method, **raw}}
         return data
 
-    @model_validator(mode="after")
-    def _same_method(self) -> "ModelCreate":
-        if self.method_config.method != self.method:
-            raise ValueError(f"method_config.method {self.method_config.method!r} is not the model's method {self.method!r}")
-        return self
+    @field_validator("method_config")
+    @classmethod
+    def _same_method(cls, v: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if method is not None and v.method != method:
+            raise ValueError(f"method_config.method {v.method!r} is not the model's method {method!r}")
+        return v
 
     @field_validator("family")
     @classmethod

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event, checkpoint_dict, latest_checkpoint
 from service.core.config import Settings, get_settings
-from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, SubjectTombstoned
+from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, SubjectTombstoned, ValidationFailed
 from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
@@ -41,6 +41,10 @@ ALIAS_HISTORY_LIMIT = 200
 
 class ModelExists(Conflict):
     type, title = "model-exists", "A model with this name exists"
+
+
+class MethodNotApplicable(ValidationFailed):
+    type, title = "method-not-applicable", "The forgetting method cannot serve this model"
 
 
 class VersionNotFound(NotFound):
@@ -82,6 +86,10 @@ def get_model(session: Session, name: str) -> Model:
 def register(session: Session, data: ModelCreate, actor: str, settings: Settings | None = None) -> Model:
     """Check the architecture against the registry and the limits (422, nothing written), then insert."""
     settings = settings or get_settings()
+    problems = data.method_config.model_problems(data.architecture, data.num_classes)
+    if problems:
+        raise MethodNotApplicable(f"{data.method} cannot serve this model: " + "; ".join(m for _, m in problems),
+                                  errors=[{"field": f, "message": m, "kind": MethodNotApplicable.type} for f, m in problems])
     method_config = data.stored_method_config()
     arch_config = architectures.validate(settings, data.architecture, data.architecture_config, data.input_shape,
                                          data.num_classes, data.linearize, method_config)

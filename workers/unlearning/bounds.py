@@ -24,7 +24,8 @@ class Bound:
     iterations: int
     kl_nats: float
     kl_bits: float
-    # what a method reports beyond the KL figure (certified_removal: ε_spent, δ, the budget left);
+    # what a method reports beyond the KL figure (certified_removal: ε_spent, δ, the budget left;
+    # gradient_ascent: its KKT figures under ``kkt``);
     # flattened into :meth:`to_dict`, so versions, audit events and receipts carry it
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -2,7 +2,8 @@
 
 A network is built from a registry key only:
 
-* the built-ins (:data:`BUILTINS`: ``mlp``, ``cnn``);
+* the built-ins (:data:`BUILTINS`: ``mlp``, ``cnn``, and the homogeneous scalar-output ``linear`` and
+  ``two_layer_relu``);
 * builders registered in this process with :func:`register_architecture` (the worker registers
   those an administrator declared in settings with :func:`declare_architecture`);
 * entry points of the group ``lethe.architectures`` installed in this environment;
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from workers.unlearning.errors import ConfigError
@@ -62,7 +65,38 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-BUILTINS: dict[str, Builder] = {"mlp": mlp, "cnn": cnn}
+def linear(in_features: int, num_classes: int = 2) -> nn.Sequential:
+    """A bias-free linear predictor with one scalar output, N(x; w) = wᵀx: the homogeneous model
+    ``gradient_ascent`` serves (binary labels as the output's sign, so ``num_classes`` must be 2)."""
+    if num_classes != 2:
+        raise ConfigError(f"linear has one scalar output for binary labels; num_classes must be 2, got {num_classes}")
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 1, bias=False))
+
+
+class TwoLayerReLU(nn.Module):
+    """N(x; W) = Σ_j v_j·relu(w_jᵀx): bias-free, scalar output, and the output layer ``v`` fixed (a
+    buffer, never trained) with v_j = ±1/√m, half of each sign. N is 1-homogeneous in the trained W,
+    which the max-margin theory behind ``gradient_ascent`` needs (Melamed et al., 2025)."""
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_features, hidden, bias=False)
+        signs = torch.where(torch.arange(hidden) % 2 == 0, 1.0, -1.0)
+        self.register_buffer("output", signs / math.sqrt(hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.hidden(x.flatten(1)))
+        return (h * self.output.to(h.dtype)).sum(dim=1, keepdim=True)
+
+
+def two_layer_relu(in_features: int, hidden: int = 64, num_classes: int = 2) -> TwoLayerReLU:
+    """:class:`TwoLayerReLU` (binary labels: ``num_classes`` must be 2)."""
+    if num_classes != 2:
+        raise ConfigError(f"two_layer_relu has one scalar output for binary labels; num_classes must be 2, got {num_classes}")
+    return TwoLayerReLU(in_features, hidden)
+
+
+BUILTINS: dict[str, Builder] = {"mlp": mlp, "cnn": cnn, "linear": linear, "two_layer_relu": two_layer_relu}
 
 _lock = threading.Lock()
 _registered: dict[str, Builder] = {}

@@ -12,6 +12,7 @@ from workers.unlearning.errors import ConfigError
 from workers.unlearning.methods import FAMILIES, GUARANTEES, KINDS, NAME, check_config_class, register_config, unregister_config
 from workers.unlearning.methods.base import OPTIONAL, REQUIRED, ForgettingMethod
 from workers.unlearning.methods.certified_removal.method import CertifiedRemoval
+from workers.unlearning.methods.gradient_ascent.method import GradientAscent
 from workers.unlearning.methods.lcodec.method import LCodec
 from workers.unlearning.methods.mixed_linear.method import MixedLinear
 from workers.unlearning.methods.svd_projection.method import SvdProjection
@@ -79,6 +80,6 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec(), SvdProjection()):  # one line per built-in method
+for _builtin in (MixedLinear(), CertifiedRemoval(), LCodec(), GradientAscent(), SvdProjection()):  # one line per built-in method
     register(_builtin)
     _BUILTIN.add(_builtin.name)

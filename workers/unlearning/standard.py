@@ -80,7 +80,8 @@ class MaskedClassifier(nn.Module):
 
 def served(model: StandardModel) -> nn.Module:
     """What ``load_model`` hands out: the network itself, or masked when it forgot classes."""
-    return MaskedClassifier(model.network, model.masked_classes).eval() if model.masked_classes else model.network
+    masked = getattr(model, "masked_classes", None)
+    return MaskedClassifier(model.network, masked).eval() if masked else model.network
 
 
 def build(architecture: str, architecture_config: dict[str, Any] | None, cfg, *, architectures: Mapping[str, Builder] | None = None) -> StandardModel:
@@ -195,8 +196,9 @@ def to_bytes(model: StandardModel, params: Mapping[str, torch.Tensor] | None = N
     meta = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in (metadata or {}).items()}
     meta.update({"format": FORMAT, "family": "standard", "architecture": model.architecture,
                  "architecture_config": json.dumps(model.architecture_config, sort_keys=True)})
-    if model.masked_classes:
-        meta["masked_classes"] = json.dumps(sorted(model.masked_classes))
+    masked = getattr(model, "masked_classes", None)  # only a class-forgetting method's model has them
+    if masked:
+        meta["masked_classes"] = json.dumps(sorted(masked))
     return st_save(tensors, metadata=meta)
 
 

@@ -6,37 +6,15 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-
-from service.models import AuditEvent, Job, Model, OutboxMessage
+from registry_support import nothing_written, refused
 
 SPEC = {"name": "arch", "architecture": "mlp", "input_shape": [4], "num_classes": 3}
 
 
 def _register(client, **over):
     return client.post("/v1/models", json={**SPEC, **over}, headers=client.auth("admin"))
-
-
-def _nothing_written(db, client) -> None:
-    assert db.execute(select(func.count()).select_from(Model)).scalar_one() == 0
-    assert db.execute(select(func.count()).select_from(Job)).scalar_one() == 0
-    assert db.execute(select(func.count()).select_from(OutboxMessage)).scalar_one() == 0
-    assert db.execute(select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "model.registered")).scalar_one() == 0
-    root = Path(client.app.state.settings.storage.root)
-    assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
-
-
-def _refused(r, kind: str, *words: str) -> dict:
-    assert r.status_code == 422, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["type"].endswith(kind), body
-    for w in words:
-        assert w in body["detail"], (w, body["detail"])
-    return body
 
 
 @pytest.fixture
@@ -67,12 +45,12 @@ def sentinel(tmp_path, monkeypatch):
 def test_import_paths_are_refused_and_never_imported(client, db, tmp_path, monkeypatch, sentinel, architecture, config):
     monkeypatch.chdir(tmp_path)
     r = _register(client, architecture=architecture, architecture_config=config)
-    body = _refused(r, "architecture-unknown", "not registered", "cnn, mlp")
-    assert body["known"] == ["cnn", "mlp"]
+    body = refused(r, "architecture-unknown", "not registered", "cnn, linear, mlp, two_layer_relu")
+    assert body["known"] == ["cnn", "linear", "mlp", "two_layer_relu"]
     assert any(e["field"] == "architecture" for e in body["errors"])
     assert not (tmp_path / "pwned.txt").exists() and not sentinel.exists()
     assert "lethe_sentinel_net" not in sys.modules and "no_such_module_x9" not in sys.modules
-    _nothing_written(db, client)
+    nothing_written(db, client)
 
 
 def _limits(client, **kw):
@@ -105,19 +83,19 @@ def _limits(client, **kw):
 ])
 def test_absurd_configs_are_refused_with_the_limit(client, db, over, kind, words):
     r = _register(client, **over)
-    _refused(r, kind, *words)
-    _nothing_written(db, client)
+    refused(r, kind, *words)
+    nothing_written(db, client)
 
 
 def test_limits_come_from_settings(client, db):
     # 4*8+8 + 8*3+3 = 67 parameters, 2 layers
     _limits(client, max_parameters=66)
-    _refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "67 parameters", "66")
+    refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "67 parameters", "66")
     _limits(client, max_parameters=67, max_layers=1)
-    _refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "2 layers", "limit is 1")
+    refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "2 layers", "limit is 1")
     _limits(client, max_layers=2, max_input_elements=3)
-    _refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "4 elements", "3")
-    _nothing_written(db, client)
+    refused(_register(client, architecture_config={"hidden": [8]}), "limit-exceeded", "4 elements", "3")
+    nothing_written(db, client)
     _limits(client, max_input_elements=4)
     r = _register(client, architecture_config={"hidden": [8]}, linearize="last:2")
     assert r.status_code == 201, r.text
@@ -131,12 +109,33 @@ def test_cnn_is_measured_arithmetically_and_completed(client, db):
     assert r.status_code == 201, r.text
     assert r.json()["architecture_config"] == {"in_channels": 1, "height": 8, "width": 8, "num_classes": 3, "channels": [4, 8], "hidden": 16}
     # 4 layers with parameters (2 conv + 2 linear): last:5 is beyond the network
-    _refused(_register(client, name="arch2", architecture="cnn", input_shape=[1, 8, 8],
+    refused(_register(client, name="arch2", architecture="cnn", input_shape=[1, 8, 8],
                        architecture_config={"channels": [4, 8], "hidden": 16}, linearize="last:5"), "limit-exceeded", "4 layers")
     # parameters: conv 1*4*9+4=40, conv 4*8*9+8=296, linear 8*4*16+16=528, linear 16*3+3=51 -> 915
     _limits(client, max_parameters=914)
-    _refused(_register(client, name="arch3", architecture="cnn", input_shape=[1, 8, 8],
+    refused(_register(client, name="arch3", architecture="cnn", input_shape=[1, 8, 8],
                        architecture_config={"channels": [4, 8], "hidden": 16}), "limit-exceeded", "915 parameters")
+
+
+@pytest.mark.parametrize("architecture,config,params", [
+    ("linear", {}, 4),  # w ∈ R^4, no bias
+    ("two_layer_relu", {"hidden": 6}, 24),  # W ∈ R^{6×4}; the output layer is a fixed buffer
+])
+def test_homogeneous_scalar_networks_are_measured_and_binary_only(client, db, architecture, config, params):
+    refused(_register(client, architecture=architecture, architecture_config=config), "architecture-invalid",
+             "num_classes must be 2", "3")
+    refused(_register(client, architecture=architecture, architecture_config={**config, "bias": True}),
+             "architecture-invalid", "bias")
+    _limits(client, max_parameters=params - 1)
+    refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2),
+             "limit-exceeded", f"{params} parameters")
+    nothing_written(db, client)
+    _limits(client, max_parameters=params)
+    refused(_register(client, architecture=architecture, architecture_config=config, num_classes=2, linearize="last:2"),
+             "limit-exceeded", "1 layers")
+    r = _register(client, architecture=architecture, architecture_config=config, num_classes=2)
+    assert r.status_code == 201, r.text
+    assert r.json()["architecture_config"] == {"in_features": 4, "num_classes": 2, **config}
 
 
 # ----------------------------------------------------------------------------- declared entries
@@ -190,27 +189,27 @@ def test_declared_entry_is_measured_in_a_probe_and_accepted(client, db, declared
     assert r.json()["architecture"] == "tiny" and r.json()["architecture_config"] == {"in_features": 4, "num_classes": 3}
     # the probe measured 4*8+8 + 8*3+3 = 67 parameters and 2 layers
     _limits(client, max_parameters=66)
-    _refused(_register(client, name="tiny2", architecture="tiny", architecture_config={"in_features": 4, "num_classes": 3}),
+    refused(_register(client, name="tiny2", architecture="tiny", architecture_config={"in_features": 4, "num_classes": 3}),
              "limit-exceeded", "67 parameters")
     _limits(client, max_parameters=10_000)
-    _refused(_register(client, name="tiny3", architecture="tiny", architecture_config={"in_features": 4, "num_classes": 3},
+    refused(_register(client, name="tiny3", architecture="tiny", architecture_config={"in_features": 4, "num_classes": 3},
                        linearize="last:3"), "limit-exceeded", "2 layers")
     # a row naming an import path keeps working when that key is declared (legacy models)
     r = _register(client, name="legacy", architecture="legacy_pkg.nets:tiny", architecture_config={"in_features": 4, "num_classes": 3})
     assert r.status_code == 201, r.text
 
 
-def test_declared_entries_that_misbehave_are_refused(client, db, declared):
-    _refused(_register(client, architecture="huge", architecture_config={"width": 500_000_000}), "limit-exceeded", "parameters")
-    _refused(_register(client, architecture="hog"), "architecture-invalid", "hog", "2048 MiB")
-    _refused(_register(client, architecture="wrong_output"), "architecture-invalid", "[1, 5]", "[1, 3]")
-    _refused(_register(client, architecture="not_a_module"), "architecture-invalid", "not a torch.nn.Module")
-    _refused(_register(client, architecture="tiny", architecture_config={"in_features": 4}), "architecture-invalid", "num_classes")
-    _refused(_register(client, architecture="tiny", architecture_config={"in_features": 5, "num_classes": 3}),
+def test_declared_entries_that_misbehave_arerefused(client, db, declared):
+    refused(_register(client, architecture="huge", architecture_config={"width": 500_000_000}), "limit-exceeded", "parameters")
+    refused(_register(client, architecture="hog"), "architecture-invalid", "hog", "2048 MiB")
+    refused(_register(client, architecture="wrong_output"), "architecture-invalid", "[1, 5]", "[1, 3]")
+    refused(_register(client, architecture="not_a_module"), "architecture-invalid", "not a torch.nn.Module")
+    refused(_register(client, architecture="tiny", architecture_config={"in_features": 4}), "architecture-invalid", "num_classes")
+    refused(_register(client, architecture="tiny", architecture_config={"in_features": 5, "num_classes": 3}),
              "architecture-invalid", "cannot take inputs of shape [4]")
     declared.probe_timeout_s = 3
-    _refused(_register(client, architecture="sleepy"), "limit-exceeded", "longer than 3 s", "PROBE_TIMEOUT_S")
-    _nothing_written(db, client)
+    refused(_register(client, architecture="sleepy"), "limit-exceeded", "longer than 3 s", "PROBE_TIMEOUT_S")
+    nothing_written(db, client)
 
 
 def test_entry_point_architectures_are_registry_keys(client, db, tmp_path, monkeypatch):
@@ -228,9 +227,9 @@ def test_entry_point_architectures_are_registry_keys(client, db, tmp_path, monke
     assert r.status_code == 201, r.text
     assert "lethe_ep_nets" not in sys.modules
     # unknown keys list the entry point too
-    body = _refused(_register(client, name="other", architecture="nope"), "architecture-unknown", "ep_tiny")
-    assert body["known"] == ["cnn", "ep_tiny", "mlp"]
+    body = refused(_register(client, name="other", architecture="nope"), "architecture-unknown", "ep_tiny")
+    assert body["known"] == ["cnn", "ep_tiny", "linear", "mlp", "two_layer_relu"]
     # an administrator can switch entry points off
     client.app.state.settings.architectures.entry_points = False
-    _refused(_register(client, name="other2", architecture="ep_tiny", architecture_config={"in_features": 4, "num_classes": 3}),
-             "architecture-unknown", "cnn, mlp")
+    refused(_register(client, name="other2", architecture="ep_tiny", architecture_config={"in_features": 4, "num_classes": 3}),
+             "architecture-unknown", "cnn, linear, mlp, two_layer_relu")

@@ -44,7 +44,7 @@ def test_an_explicit_family_the_method_serves_is_accepted(client, db):
     ({"linearize": "last:"}, "linearize"), ({"linearize": "first:1"}, "linearize"),
     ({"input_shape": [1, 2, 3, 4, 5]}, "input_shape"), ({"input_shape": [3, 0]}, "input_shape"),
     ({"input_shape": ["3"]}, "input_shape"), ({"num_classes": 1}, "num_classes"),
-    ({"sla_days": 0}, "sla_days"), ({"sla_days": 366}, "sla_days"), ({"method": "gradient_ascent"}, "method"),
+    ({"sla_days": 0}, "sla_days"), ({"sla_days": 366}, "sla_days"), ({"method": "no_such_method"}, "method"),
     ({"method_config": {"target_scale": 0}}, "target_scale"), ({"method_config": {"noise_std": -1}}, "noise_std"),
     ({"method_config": {"tol": 0}}, "tol"), ({"name": "-leading-dash"}, "name"), ({"name": "x" * 65}, "name"),
     ({"architecture_config": [1, 2]}, "architecture_config"),

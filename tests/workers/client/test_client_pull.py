@@ -232,7 +232,7 @@ def test_a_version_naming_an_unregistered_architecture_is_refused_and_nothing_im
     from workers.client import ModelNotLoadable
 
     with LetheClient(server.base, server.token) as client:
-        with pytest.raises(ModelNotLoadable, match="'lethe_evil_net:build' is not registered here; known architectures: cnn, mlp"):
+        with pytest.raises(ModelNotLoadable, match="'lethe_evil_net:build' is not registered here; known architectures: cnn, linear, mlp, two_layer_relu"):
             client.pull("m", tmp_path / "models")
         with pytest.raises(ModelNotLoadable):
             client.watch("m", tmp_path / "models", lambda p: None, wait=1)  # raised, not retried forever

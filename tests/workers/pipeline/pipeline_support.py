@@ -52,8 +52,10 @@ def ingest(session, store, model: Model, x, y, subjects, split) -> None:
     ])
 
 
-def load_all(session, store, model, data) -> None:
-    ingest(session, store, model, *data["core"], [f"core-{i}" for i in range(len(data["core"][1]))], "core")
+def load_all(session, store, model, data, core: bool = True) -> None:
+    """Every split of ``data`` (``core=False``: a ``standard`` model, which trains on its user split only)."""
+    if core:
+        ingest(session, store, model, *data["core"], [f"core-{i}" for i in range(len(data["core"][1]))], "core")
     ingest(session, store, model, *data["eval"], [f"eval-{i}" for i in range(len(data["eval"][1]))], "eval")
     ingest(session, store, model, *data["user"], data["subjects"], "user")
 

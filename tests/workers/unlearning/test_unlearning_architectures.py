@@ -56,7 +56,7 @@ def sentinel(tmp_path, monkeypatch):
 ])
 def test_build_network_refuses_names_outside_the_registry(tmp_path, monkeypatch, sentinel, name, config):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="not registered here; known architectures: cnn, mlp"):
+    with pytest.raises(ConfigError, match="not registered here; known architectures: cnn, linear, mlp, two_layer_relu"):
         build_network(name, config)
     assert not (tmp_path / "pwned.txt").exists() and not sentinel.exists()
     assert "lethe_sentinel_lib" not in sys.modules and "missing_module_q7" not in sys.modules
@@ -121,7 +121,7 @@ def test_resolve_architecture_lists_known_keys():
     register_architecture("zeta", tiny)
     with pytest.raises(ConfigError) as exc:
         resolve_architecture("x" * 500)
-    assert "cnn, mlp, zeta" in str(exc.value) and "x" * 100 not in str(exc.value)
+    assert "cnn, linear, mlp, two_layer_relu, zeta" in str(exc.value) and "x" * 100 not in str(exc.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -133,3 +133,24 @@ def test_cuda_without_cuda_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("quantum")
     assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.parametrize("architecture,config", [("linear", {"in_features": 7}), ("two_layer_relu", {"in_features": 7, "hidden": 6})])
+def test_homogeneous_networks_are_bias_free_scalar_and_one_homogeneous(architecture, config):
+    from service.model_registry.architectures import BUILTINS as MEASURED
+    from service.core.config import LimitsSettings
+
+    net = build_network(architecture, config).double()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    _, measure = MEASURED[architecture](config, [7], 2, LimitsSettings())
+    assert sum(p.numel() for p in trainable) == measure.parameters  # the torch-free count agrees
+    assert not any(isinstance(m, nn.Linear) and m.bias is not None for m in net.modules())
+    x = torch.randn(5, 7, dtype=torch.float64)
+    out = net(x)
+    assert out.shape == (5, 1)
+    with torch.no_grad():  # N(x; c·θ) = c·N(x; θ) for c > 0: the trained weights alone scale the output
+        for p in trainable:
+            p.mul_(3.0)
+    assert torch.allclose(net(x), 3.0 * out)
+    with pytest.raises(ConfigError, match="num_classes must be 2"):
+        build_network(architecture, {**config, "num_classes": 3})

@@ -9,11 +9,16 @@ import torch
 from unlearning_oracle import tiny_problem
 
 from workers.unlearning import MixedLinearModel, TensorSource, get_method, list_methods, load_model, save_weights
+from workers.unlearning.methods.base import ModelSpec
 
 GUARANTEES = {"exact", "certified", "heuristic"}
 
 
-@pytest.mark.parametrize("name", [n for n in list_methods() if "mixed_linear" in get_method(n).families])
+def _of_family(family: str) -> list[str]:
+    return [n for n in list_methods() if family in get_method(n).families]
+
+
+@pytest.mark.parametrize("name", _of_family("mixed_linear"))
 def test_method_contract(name, tmp_path):
     """The mixed-linear family's library contract (every method's runner contract:
     ``test_unlearning_registry.test_runner_interface_round_trip``)."""
@@ -63,3 +68,59 @@ def test_method_contract(name, tmp_path):
     save_weights(exact, m1)
     assert torch.equal(load_model(exact)(x), m1(x))
 
+
+def _same_files(a: dict[str, bytes], b: dict[str, bytes]) -> bool:
+    """Same names, tensors and metadata (safetensors does not fix the order of metadata keys)."""
+    from safetensors.torch import load
+
+    from workers.unlearning.serialization import read_metadata
+
+    def same(x: bytes, y: bytes) -> bool:
+        tx, ty = load(x), load(y)
+        return read_metadata(x) == read_metadata(y) and tx.keys() == ty.keys() and all(torch.equal(tx[k], ty[k]) for k in tx)
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
+# the samples contract; a class-only method (svd_projection) forgets whole classes: its contract is
+# the registry's round trip and its own tests
+@pytest.mark.parametrize("name", [n for n in _of_family("standard") if "samples" in get_method(n).kinds])
+def test_standard_method_contract(name):
+    """The runner's interface on a ``standard``-family method: build from a spec, train, forget,
+    bound, gate, evaluate, release, serve, keep and reload its private state."""
+    method = get_method(name)
+    assert method.name == name and method.guarantee in GUARANTEES
+    cfg = method.config_cls(chunk_size=8)
+    assert method.config_cls.model_validate(json.loads(cfg.model_dump_json())) == cfg
+    with pytest.raises(Exception):
+        method.config_cls.model_validate({**cfg.model_dump(), "no_such_setting": 1})
+    arch = getattr(method.config_cls, "architectures", ("mlp",))[0]
+    spec = ModelSpec(arch, {"in_features": 5, "num_classes": 2})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    ids = torch.arange(40)
+
+    def run():
+        m = method.build(spec, cfg)
+        method.prepare(m, TensorSource(x[:0], y[:0]), cfg)
+        method.train(m, TensorSource(x, y, chunk_size=8, ids=ids), cfg)
+        gone = method.forget(m, TensorSource(x[5:], y[5:], chunk_size=8, ids=ids[5:]), cfg,
+                             removed=TensorSource(x[:5], y[:5], ids=ids[:5]))
+        return m, gone
+
+    m1, gone = run()
+    m2, _ = run()
+    b1, b2 = method.save_private(m1), method.save_private(m2)
+    assert _same_files(b1, b2)  # deterministic apart from release noise
+    assert method.bound(gone, cfg).guarantee == method.guarantee
+    ev = method.evaluate(m1, TensorSource(x, y), cfg)
+    assert set(ev) >= {"accuracy", "loss", "n"} and ev["n"] == 40
+    assert 0.0 <= method.membership_auc(m1, TensorSource(x[:5], y[:5]), TensorSource(x[5:], y[5:]), cfg) <= 1.0
+    assert method.gate(method.bound(gone, cfg), {"accuracy": 1.0}, {"accuracy": 0.0}, cfg).ok is False
+    again = method.load_private(b1, cfg)
+    assert _same_files(method.save_private(again), b1)
+    served = method.serve_bytes(m1, method.release(m1, cfg), {"model": "m"})
+    assert served and all(name not in served for name in (b"duals", b"private"))
+    if method.supports("retrain"):
+        assert method.bound(method.retrain(m1, TensorSource(x[5:], y[5:], ids=ids[5:]), cfg), cfg).guarantee == "exact"

@@ -117,7 +117,18 @@ def test_register_then_unregister_a_method_and_its_config():
         unregister("mixed_linear")
 
 
-SMALL = {"mixed_linear": {"core_epochs": 2}, "linear_head": {"core_epochs": 2}, "standard": {"epochs": 3, "perturbations": 8}}  # small runs per family
+# small runs per family, and per method where a method has settings of its own
+SMALL = {"mixed_linear": {"core_epochs": 2}, "linear_head": {"core_epochs": 2}, "standard": {"epochs": 3},
+         "lcodec": {"perturbations": 8}, "gradient_ascent": {"epochs": 20}}
+
+
+def _spec(method) -> tuple[ModelSpec, int]:
+    """A 3-class mlp, or a binary scalar-output network for a method that serves only those."""
+    if not method.config_cls.model_problems("mlp", 3):
+        return ModelSpec("mlp", {"in_features": 5, "hidden": [6], "num_classes": 3}, "last:1"), 3
+    arch = method.config_cls.architectures[0]
+    assert not method.config_cls.model_problems(arch, 2)
+    return ModelSpec(arch, {"in_features": 5}), 2
 
 
 @pytest.mark.parametrize("name", list_methods())
@@ -128,11 +139,12 @@ def test_runner_interface_round_trip(name):
     assert all(callable(getattr(method, op)) for op in REQUIRED)
     assert method.config_cls is config_classes()[name]
     family = sorted(method.families)[0]
-    small = {k: v for k, v in SMALL[family].items() if k in method.config_cls.model_fields}
+    small = {k: v for k, v in {**SMALL[family], **SMALL.get(name, {})}.items() if k in method.config_cls.model_fields}
     cfg = method.config_cls.model_validate({"device": "cpu", "chunk_size": 8, **small})
+    spec, classes = _spec(method)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
-    model = method.build(ModelSpec("mlp", {"in_features": 5, "hidden": [6], "num_classes": 3}, "last:1"), cfg)
+    x, y = torch.randn(40, 5, generator=g), torch.randint(0, classes, (40,), generator=g)
+    model = method.build(spec, cfg)
     # a standard network trains on its user split only (no core)
     method.prepare(model, TensorSource(x[:0], y[:0]) if family == "standard" else TensorSource(x[:10], y[:10]), cfg)
     user = TensorSource(x[10:], y[10:], chunk_size=8, ids=torch.arange(10, 40))
@@ -152,7 +164,8 @@ def test_runner_interface_round_trip(name):
     assert method.evaluate(back, ev, cfg) == method.evaluate(model, ev, cfg)
     served = method.serve_bytes(model, method.release(model, cfg), {"model": "m"})
     assert isinstance(served, bytes) and served not in blobs.values()  # the served file is not a private one
-    assert load_model_from_bytes(served)(x).shape == (40, 3)  # load_model builds every family's file
+    outputs = 1 if spec.architecture in ("linear", "two_layer_relu") else 3  # scalar-output networks
+    assert load_model_from_bytes(served)(x).shape == (40, outputs)  # load_model builds every family's file
 
 
 def test_importing_the_configs_does_not_import_torch():
@@ -161,4 +174,4 @@ def test_importing_the_configs_does_not_import_torch():
     code = ("import sys; from workers.unlearning.methods import config_classes; "
             "import workers.unlearning; c = config_classes(); print(sorted(c), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['certified_removal', 'lcodec', 'mixed_linear', 'svd_projection'] False"
+    assert out.stdout.strip() == "['certified_removal', 'gradient_ascent', 'lcodec', 'mixed_linear', 'svd_projection'] False"

@@ -40,6 +40,12 @@ class MethodConfig(BaseModel):
     method: str
     chunk_size: int = Field(4096, ge=1, description="samples per streamed chunk")
 
+    @classmethod
+    def model_problems(cls, architecture: str, num_classes: int) -> list[tuple[str, str]]:
+        """(field, message) for each reason this method cannot serve a model with this
+        architecture and number of classes; registration refuses them (422). None by default."""
+        return []
+
 
 _CONFIGS: dict[str, type[MethodConfig]] = {}
 _discovered = False

@@ -16,6 +16,8 @@ from workers.unlearning.methods import MethodConfig
 
 class StandardConfig(MethodConfig):
     families: ClassVar[frozenset[str]] = frozenset({"standard"})
+    # why ``POST /v1/models/{name}/checkpoint`` is refused for this method (None: uploads are taken)
+    checkpoint_refused: ClassVar[str | None] = None
 
     method: str
     # -- the training recipe (absurd values are refused at registration) -----------------------
