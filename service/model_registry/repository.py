@@ -14,6 +14,7 @@ from service.core.pagination import CursorPosition, keyset_page
 from service.models import (
     OPEN_REQUEST_STATUSES,
     AliasEvent,
+    AuditCheckpoint,
     DeletionRequest,
     Model,
     ModelAlias,
@@ -146,7 +147,8 @@ def alias_mask_of(version_id_col: Any) -> Any:
 
 def _etag_stmt(by_alias: bool):
     q = (
-        select(ModelVersion.id, ModelVersion.sha256, ModelVersion.state, alias_mask_of(ModelVersion.id).label("mask"))
+        select(ModelVersion.id, ModelVersion.sha256, ModelVersion.state, alias_mask_of(ModelVersion.id).label("mask"),
+               select(func.max(AuditCheckpoint.id)).scalar_subquery().label("checkpoint_id"))
         .join(Model, Model.id == ModelVersion.model_id)
         .where(Model.name == bindparam("model_name"))
     )
@@ -162,7 +164,8 @@ _ETAG_BY_NUMBER = _etag_stmt(False)
 
 
 def etag_row(session: Session, model_name: str, *, alias: str | None = None, number: int | None = None):
-    """``(id, sha256, state, alias_mask)`` of one version in ONE query, or ``None``."""
+    """``(id, sha256, state, mask, checkpoint_id)`` of one version in ONE query, or ``None``
+    (``checkpoint_id``: the latest audit checkpoint, which every manifest carries)."""
     if alias is not None:
         return session.execute(_ETAG_BY_ALIAS, {"model_name": model_name, "alias": alias}).first()
     return session.execute(_ETAG_BY_NUMBER, {"model_name": model_name, "number": number}).first()

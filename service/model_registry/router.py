@@ -20,6 +20,7 @@ from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMedi
 from service.client.tokens import Principal, authenticate, cached_principal, require
 from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, PastDateTime
 from service.model_registry import service, uploads
+from service.model_registry.manifest_cache import ManifestCache
 from service.model_registry.schemas import (
     AliasesRead,
     AliasMove,
@@ -187,13 +188,8 @@ async def get_version(
     settings = request.app.state.settings
     if wait is not None and wait > settings.api.long_poll_max_s:
         raise ValidationFailed(f"wait must be at most {settings.api.long_poll_max_s} seconds")
-    with read_session(request.app.state.session_factory) as session:
-        return await _manifest_response(request, session, name, ref, wait, if_none_match)
-
-
-async def _manifest_response(request: Request, session: Session, name: str, ref: str, wait: float | None,
-                             if_none_match: str | None) -> Response:
-    # The in-process cache (manifest_cache.py) answers most requests without the database.
+    # The in-process cache (manifest_cache.py) answers most requests without the database (and
+    # without a session, whose set-up and close were a measurable share of a hit).
     cache = getattr(request.app.state, "manifests", None)
     if cache is not None and not (ref in service.ALIASES or (ref.isascii() and ref.isdigit() and len(ref) <= 9)):
         cache = None
@@ -205,7 +201,12 @@ async def _manifest_response(request: Request, session: Session, name: str, ref:
                 return Response(body, media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
             if wait is None or ref not in service.ALIASES:
                 return Response(status_code=304, headers={"ETag": etag})
+    with read_session(request.app.state.session_factory) as session:
+        return await _manifest_response(request, session, cache, name, ref, wait, if_none_match)
 
+
+async def _manifest_response(request: Request, session: Session, cache: ManifestCache | None, name: str, ref: str,
+                             wait: float | None, if_none_match: str | None) -> Response:
     # Each check is its own short read transaction on the request's session (a read session:
     # no lock on SQLite), ended at once so that the next check sees newer commits.
     def check():

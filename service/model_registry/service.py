@@ -30,7 +30,7 @@ from service.model_registry.schemas import (
     VersionPage,
 )
 from service.model_registry.uploads import ParsedUpload
-from service.models import AliasEvent, Model, ModelAlias, ModelVersion, SampleChunk, VersionState
+from service.models import AliasEvent, AuditCheckpoint, Model, ModelAlias, ModelVersion, SampleChunk, VersionState
 from service.models._types import utcnow
 
 ALIASES = ("latest", "production")
@@ -259,20 +259,21 @@ def live_or_gone(version: ModelVersion, model: Model) -> ModelVersion:
 
 
 def manifest(session: Session, model: Model, v: ModelVersion) -> VersionManifest:
-    return manifest_with_aliases(session, model, v, repo.alias_names_for(session, v.id))
+    return manifest_with_aliases(session, model, v, repo.alias_names_for(session, v.id), latest_checkpoint(session))
 
 
 def manifest_with_etag(session: Session, model: Model, v: ModelVersion) -> tuple[VersionManifest, str]:
     """The manifest and its ETag, reading the alias set once."""
     names = repo.alias_names_for(session, v.id)
-    etag = etag_of(v.id, v.sha256, v.state, sum(repo.ALIAS_BITS.get(n, 0) for n in names))
-    return manifest_with_aliases(session, model, v, names), etag
-
-
-def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, aliases: list[str]) -> VersionManifest:
-    """Also carries the latest signed audit checkpoint, so a server that keeps manifests keeps
-    checkpoints to verify an exported audit log against (DESIGN §10)."""
     cp = latest_checkpoint(session)
+    etag = etag_of(v.id, v.sha256, v.state, sum(repo.ALIAS_BITS.get(n, 0) for n in names), cp.id if cp is not None else None)
+    return manifest_with_aliases(session, model, v, names, cp), etag
+
+
+def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, aliases: list[str],
+                          cp: AuditCheckpoint | None) -> VersionManifest:
+    """Also carries ``cp``, the latest signed audit checkpoint, so a server that keeps manifests
+    keeps checkpoints to verify an exported audit log against (DESIGN §10)."""
     return VersionManifest(
         model=model.name, number=v.number, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
         parent=repo.version_number(session, v.parent_id), created_at=_aware(v.created_at),
@@ -285,15 +286,12 @@ def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, alias
     )
 
 
-def etag_of(version_id: int, sha256: str, state: str, alias_mask: int) -> str:
-    """Strong ETag of a manifest. Everything in a manifest is immutable except its state and
-    the aliases pointing at the version, so those are part of the tag."""
-    return f'"v{version_id}-{sha256[:16]}-{state}-a{int(alias_mask)}"'
-
-
-def manifest_etag(session: Session, v: ModelVersion) -> str:
-    names = repo.alias_names_for(session, v.id)
-    return etag_of(v.id, v.sha256, v.state, sum(repo.ALIAS_BITS.get(n, 0) for n in names))
+def etag_of(version_id: int, sha256: str, state: str, alias_mask: int, checkpoint_id: int | None) -> str:
+    """Strong ETag of a manifest. Everything in a manifest is immutable except its state, the
+    aliases pointing at the version and the latest audit checkpoint it carries, so those are
+    part of the tag (a checkpoint is identified by its row id: a re-signature after a key
+    rotation covers the same seq)."""
+    return f'"v{version_id}-{sha256[:16]}-{state}-a{int(alias_mask)}-c{int(checkpoint_id or 0)}"'
 
 
 def current_etag(session: Session, model_name: str, ref: str) -> str | None:
@@ -308,7 +306,7 @@ def current_etag(session: Session, model_name: str, ref: str) -> str | None:
         return None
     if row is None or row.state != VersionState.live.value:
         return None
-    return etag_of(row.id, row.sha256, row.state, row.mask)
+    return etag_of(row.id, row.sha256, row.state, row.mask, row.checkpoint_id)
 
 
 def list_versions(session: Session, model: Model, *, before: int | None, limit: int) -> list[ModelVersion]:

@@ -165,3 +165,47 @@ def test_changed_in_a_transaction_empties_the_cache_of_this_process(db, engine):
         assert cache.get("m", "latest") is None
     finally:
         cache.close()
+
+
+def test_a_new_checkpoint_changes_the_etag_so_a_revalidation_gets_it(committed_app, engine):
+    """The manifest carries the latest checkpoint: a client holding the old ETag must get a 200
+    with the new checkpoint (not a 304 keeping the old one), from the cache and the database
+    paths alike, and a long-poll must wake for a checkpoint."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from service.audit.service import append_event
+
+    c = committed_app
+    assert c.post("/v1/models", json=SPEC, headers=c.auth("admin")).status_code == 201
+    with c.app.state.session_factory.begin() as s:
+        model = s.execute(select(Model).where(Model.name == "mc")).scalar_one()
+        move_alias(s, model, "latest", _version(s, c.app.state.store, model, 1), "test", system=True)
+    serve = c.auth("serving")
+    url = "/v1/models/mc/versions/latest"
+
+    def sign() -> dict:
+        with Session(engine) as s, s.begin():
+            append_event(s, actor="test", kind="test.event", payload={"n": 1})
+            cp = sign_checkpoint(s)
+            return {"seq": cp.seq, "signature": cp.signature}
+
+    sign()
+    old = c.get(url, headers=serve).headers["etag"]
+    assert c.get(url, headers={**serve, "If-None-Match": old}).status_code == 304  # cached now
+    cp = sign()
+    r = c.get(url, headers={**serve, "If-None-Match": old})
+    assert r.status_code == 200, r.status_code
+    assert r.headers["etag"] != old and r.json()["audit_checkpoint"]["signature"] == cp["signature"]
+    assert c.get(url, headers={**serve, "If-None-Match": r.headers["etag"]}).status_code == 304
+
+    etag = r.headers["etag"]
+    signed: list[dict] = []
+    th = threading.Thread(target=lambda: (time.sleep(0.5), signed.append(sign())))
+    th.start()
+    t0 = time.monotonic()
+    woke = c.get(f"{url}?wait=5", headers={**serve, "If-None-Match": etag})
+    th.join()
+    assert woke.status_code == 200 and time.monotonic() - t0 < 4
+    assert woke.json()["audit_checkpoint"]["signature"] == signed[0]["signature"]
