@@ -25,6 +25,7 @@ JOB_ACKNOWLEDGED = "job.acknowledged"
 LINE_STOPPED = "model.line_stopped"
 VERSION_PUBLISHED = "version.published"
 VERSION_REVOKED = "version.revoked"
+BUDGET_EXHAUSTED = "model.budget_exhausted"
 
 # What a subscription may ask for; a requester's subscription only sees its own requests.
 EVENT_TYPES: dict[str, str] = {
@@ -36,6 +37,7 @@ EVENT_TYPES: dict[str, str] = {
     JOB_ACKNOWLEDGED: "an operator acknowledged a failed job (the line runs again)",
     VERSION_PUBLISHED: "a model version was published",
     VERSION_REVOKED: "a model version was revoked",
+    BUDGET_EXHAUSTED: "a certified model's (ε, δ) budget ran out: the version was retrained from scratch with a fresh perturbation",
 }
 REQUEST_EVENT_TYPES = frozenset({REQUEST_STATUS, REQUEST_EXTENDED})
 
@@ -99,3 +101,7 @@ def job_changed(session: Session, job: Job, previous: str | None) -> None:
 def version_event(session: Session, event_type: str, version: ModelVersion, model_name: str) -> None:
     emit(session, event_type, {"model": model_name, "number": version.number, "sha256": version.sha256,
                                "state": version.state})
+    bound = version.bound or {}
+    if event_type == VERSION_PUBLISHED and bound.get("retrain_reason") == "budget exhausted":
+        emit(session, BUDGET_EXHAUSTED, {"model": model_name, "number": version.number,
+                                         "epsilon_budget": bound.get("epsilon_budget"), "delta": bound.get("delta")})

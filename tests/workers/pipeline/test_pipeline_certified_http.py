@@ -102,6 +102,14 @@ def test_many_deletions_spend_the_budget_a_retrain_resets_it(api, rt):
     # the audit log says why the head was retrained
     events = c.get("/v1/audit", params={"kind": "version.published", "limit": 100}, headers=c.auth("auditor")).json()["items"]
     assert any(e["payload"]["bound"].get("retrain_reason") == "budget exhausted" for e in events)
+    # and webhook subscribers are told, once per budget retrain (issue 19's event outbox)
+    from sqlalchemy import select
+
+    from service.models import WebhookEvent
+
+    with rt.session_factory() as s:
+        told = s.execute(select(WebhookEvent.data).where(WebhookEvent.type == "model.budget_exhausted")).scalars().all()
+    assert [d["model"] for d in told] == ["head"] * reasons.count("budget exhausted") and told
     metrics = c.get("/metrics", headers=c.auth("operator")).text
     gauges = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines() if line.startswith("lethe_last_")}
     assert gauges['lethe_last_epsilon_spent{model="head"}'] == pytest.approx(spent[-1])
