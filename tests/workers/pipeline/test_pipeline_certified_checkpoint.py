@@ -15,6 +15,7 @@ from pipeline_support import make_data
 from safetensors.torch import save as st_save
 from torch import nn
 
+from service.models import Job
 from workers.execution.run import run_job
 from workers.unlearning.methods.certified_removal import head as H
 from workers.unlearning.methods.certified_removal.method import LinearHeadModel, load_linear_head
@@ -58,7 +59,11 @@ def _upload(c, rt, tensors) -> str:
     r = c.post("/v1/models/head/checkpoint", content=st_save(tensors), headers={**ST, **c.auth("admin")})
     assert r.status_code == 202, r.text
     assert r.json()["kind"] == "checkpoint"
-    return run_job(rt, uuid.UUID(r.json()["id"]))
+    with rt.session_factory() as s:
+        uri = s.get(Job, uuid.UUID(r.json()["id"])).config["checkpoint_uri"]
+    status = run_job(rt, uuid.UUID(r.json()["id"]))
+    assert not rt.store.exists(uri)  # published or rejected: the upload itself is not kept
+    return status
 
 
 def _served(c, ref) -> nn.Module:

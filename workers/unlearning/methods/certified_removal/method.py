@@ -4,7 +4,8 @@ retrains the head when spent (Guo et al., ICML 2020; DESIGN §6.8 family ``linea
 
 The model (:class:`LinearHeadModel`) is an extractor from the architecture registry (the network
 minus its last ``nn.Linear``), trained by cross-entropy on the ``core`` split only (or kept at the
-architecture's seeded initial weights with ``core_epochs=0``), and C one-vs-rest heads over its
+architecture's seeded initial weights with ``core_epochs=0``, or taken from an uploaded checkpoint
+by :meth:`CertifiedRemoval.import_checkpoint`), and C one-vs-rest heads over its
 features scaled per sample to norm ≤ 1 (a constant 1 appended first, as the bias). The user
 samples' features are computed once and kept privately (artifact ``features``, by sample id) with
 the head's state (artifact ``state``: extractor, w, the secret b, the ledger β); purge deletes both.
@@ -42,7 +43,7 @@ from workers.unlearning.methods.certified_removal import head as H
 from workers.unlearning.methods.certified_removal.config import CertifiedRemovalConfig
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
 from workers.unlearning.objective import Progress, SolveResult
-from workers.unlearning.standard import check_state_dict
+from workers.unlearning.standard import require_state_dict
 
 FORMAT = "lethe.linear_head/1"
 STATEMENT = "per release"  # releases between retrains share b (DESIGN §14.4)
@@ -240,10 +241,7 @@ class CertifiedRemoval:
         torch.manual_seed(cfg.seed)
         net = build_network(spec.architecture, spec.architecture_config)
         extractor, last = _split(net)
-        problems = check_state_dict(net, tensors)
-        if problems:
-            raise InvalidDataError("the checkpoint does not fit the architecture: " + "; ".join(problems[:10])
-                                   + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+        require_state_dict(net, tensors)
         want = net.state_dict()
         net.load_state_dict({k: v.to(want[k].dtype) for k, v in tensors.items()})
         return LinearHeadModel(spec.architecture, spec.architecture_config, extractor, last.out_features)
