@@ -84,7 +84,8 @@ SAMPLES_BODY: dict[str, Any] = {
 _SAFETENSORS = {"application/vnd.safetensors": _BINARY}
 CHECKPOINT_BODY: dict[str, Any] = {
     "required": True,
-    "description": "A standard-family model's trained `state_dict` as one safetensors file, streamed to the store "
+    "description": "A standard-family model's trained `state_dict`, or a linear_head model's architecture `state_dict` "
+                   "(its extractor is used; the last layer is ignored and the head trained by Lethe), as one safetensors file, streamed to the store "
                    "(its own size limit, `api.max_checkpoint_bytes`) and validated by a `checkpoint` job in the worker.",
     "content": {"application/vnd.safetensors": _BINARY, "application/octet-stream": _BINARY},
 }

@@ -1,4 +1,5 @@
-"""``POST /v1/models/{name}/checkpoint``: a ``standard`` model's trained weights (DESIGN §6.8).
+"""``POST /v1/models/{name}/checkpoint``: a ``standard`` model's trained weights, or a
+``linear_head`` model's feature extractor (DESIGN §6.8).
 
 The body (a safetensors file of the network's ``state_dict``) is streamed to the artifact store
 under its own body limit (``api.max_checkpoint_bytes``), never held in memory and never parsed
@@ -32,6 +33,8 @@ router = APIRouter(tags=["jobs"])
 CHECKPOINT_PATH = r"/v1/models/[^/]+/checkpoint"  # its own body limit (service.core.limits)
 MEDIA = ("application/vnd.safetensors", "application/octet-stream")
 HEADER_MAX = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+# standard: the whole network; linear_head: its feature extractor (the head is trained by Lethe)
+CHECKPOINT_FAMILIES = ("standard", "linear_head")
 
 
 def _check_header(first: bytes, total: int) -> None:
@@ -51,20 +54,24 @@ def _check_header(first: bytes, total: int) -> None:
 
 
 @router.post("/v1/models/{name}/checkpoint", response_model=JobRead, status_code=202,
-             responses={409: {"description": "Not a standard-family model, a method that takes no checkpoint (gradient_ascent), or the model already has an active job"},
+             responses={409: {"description": "Not a standard or linear_head model, a method that takes no checkpoint (gradient_ascent), or the model already has an active job"},
                         404: {"description": "Unknown model"}})
 async def upload_checkpoint(name: str, request: Request, response: Response, session: Session = Depends(get_session, scope="function"),
                             who: Principal = Depends(require())) -> JobRead:
     """Upload a ``standard`` model's trained weights (admin): a safetensors ``state_dict``
     (``Content-Type: application/vnd.safetensors`` or ``application/octet-stream``). ``202`` with
     the ``checkpoint`` job that validates and publishes it; the model's samples must be the
-    ones it was trained on (every later forget and the retrain fallback use them)."""
+    ones it was trained on (every later forget and the retrain fallback use them). For a
+    ``linear_head`` model, the architecture's full ``state_dict`` whose extractor (all but the
+    last ``nn.Linear``, which is checked and ignored) is used as is; the job trains the head on
+    the user samples' features with a fresh secret b and publishes it with its (ε, δ) bound."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in MEDIA:
         raise UnsupportedMediaType(f"Unsupported Content-Type {media or 'none'!r}", accepted=list(MEDIA))
     model = await anyio.to_thread.run_sync(registry.get_model, session, name)
-    if model.family != "standard":
-        raise Conflict(f"model {name!r} is of family {model.family!r}; checkpoints are for the standard family", model=name)
+    if model.family not in CHECKPOINT_FAMILIES:
+        raise Conflict(f"model {name!r} is of family {model.family!r}; checkpoints are for the families {', '.join(CHECKPOINT_FAMILIES)}",
+                       model=name)
     refused = getattr(config_classes().get(model.method), "checkpoint_refused", None)
     if refused:
         raise Conflict(f"model {name!r} uses {model.method}, which takes no checkpoint: {refused}", model=name)

@@ -106,7 +106,7 @@ def register(session: Session, data: ModelCreate, actor: str, settings: Settings
 
 
 def checkpoint_received(session: Session, model: Model, uri: str, sha256: str, size: int, actor: str) -> None:
-    """A new checkpoint for a ``standard`` model: the model is ``ready`` again until the worker
+    """A new checkpoint for a ``standard`` or ``linear_head`` model: the model is ``ready`` again until the worker
     has validated it (an earlier rejection's reason is cleared)."""
     model.state, model.state_reason = "ready", None
     append_event(session, actor=actor, kind="model.checkpoint_uploaded",

@@ -272,7 +272,11 @@ def _zeroed(ctx: SolveContext, mm: Any) -> Solved:
 
 def _solve_train(ctx: SolveContext) -> Solved:
     """Core on the ``core`` split, then the user weights on the ``user`` split."""
-    mm = ctx.prepared()
+    return _train_users(ctx, ctx.prepared())
+
+
+def _train_users(ctx: SolveContext, mm: Any) -> Solved:
+    """The user weights of a prepared model on the ``user`` split (zero without users)."""
     if len(ctx.data["user"]):
         result = ctx.method.train(mm, ctx.data["user"], ctx.cfg, ctx.progress)
         return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
@@ -318,13 +322,19 @@ def _solve_retrain(ctx: SolveContext) -> Solved:
 
 
 def _solve_checkpoint(ctx: SolveContext) -> Solved:
-    """An uploaded checkpoint (standard family): validated here, outside the API process. A bad
-    one leaves the model ``invalid`` with the reason, and the job fails without retrying."""
+    """An uploaded checkpoint: validated here, outside the API process. A bad one leaves the
+    model ``invalid`` with the reason, and the job fails without retrying. ``standard``: the
+    checkpoint is the model. A method with ``checkpoint_trains_head`` (``linear_head``) takes
+    only the feature extractor from it and trains its head on the user samples, as ``train``
+    does after ``prepare``; features the uploaded extractor cannot compute reject it too."""
     ctx.needs("import_checkpoint")
     uri = (ctx.job.config or {}).get("checkpoint_uri")
+    solved = None
     try:
         data = ctx.rt.store.read_bytes(uri, sha256=(ctx.job.config or {}).get("checkpoint_sha256"))
         mm = ctx.method.import_checkpoint(_spec(ctx.model), data, ctx.cfg)
+        if getattr(ctx.method, "checkpoint_trains_head", False):
+            solved = _train_users(ctx, mm)
         if len(ctx.data["user"]):
             ctx.method.evaluate(mm, ctx.data["user"].subset(np.arange(min(len(ctx.data["user"]), 8))), ctx.cfg)
     except (InvalidDataError, RuntimeError) as exc:
@@ -333,6 +343,8 @@ def _solve_checkpoint(ctx: SolveContext) -> Solved:
             registry_service.mark_invalid(session, ctx.model.id, reason, actor="worker")
         _discard_upload(ctx.rt, ctx.job)
         raise InvalidDataError(reason) from None
+    if solved is not None:
+        return solved
     result = SimpleNamespace(iterations=0, operation="checkpoint", to_dict=lambda: {"operation": "checkpoint", "uri": uri})
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
 

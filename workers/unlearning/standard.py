@@ -221,6 +221,14 @@ def check_state_dict(network: nn.Module, tensors: Mapping[str, torch.Tensor]) ->
     return problems
 
 
+def require_state_dict(network: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """:func:`check_state_dict`, raising ``InvalidDataError`` with the first ten problems."""
+    problems = check_state_dict(network, tensors)
+    if problems:
+        raise InvalidDataError("the checkpoint does not fit the architecture: " + "; ".join(problems[:10])
+                               + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+
+
 def from_bytes(data: bytes, device: str | torch.device = "cpu", *, architectures: Mapping[str, Builder] | None = None,
                architecture: str | None = None, architecture_config: dict[str, Any] | None = None) -> StandardModel:
     """A model from a weights file: a Lethe ``standard`` file (architecture from its metadata),
@@ -246,10 +254,7 @@ def from_bytes(data: bytes, device: str | torch.device = "cpu", *, architectures
     net = build_network(architecture, architecture_config, architectures={architecture: builder})
     private = {k[len("lethe."):]: v for k, v in tensors.items() if lethe_file and k.startswith("lethe.")}
     state = {k: v for k, v in tensors.items() if not (lethe_file and k.startswith("lethe."))}
-    problems = check_state_dict(net, state)
-    if problems:
-        raise InvalidDataError("the checkpoint does not fit the architecture: " + "; ".join(problems[:10])
-                               + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+    require_state_dict(net, state)
     net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in state.items()})
     model = StandardModel(net, architecture, architecture_config, device=device)
     masks = {k[len("mask."):]: v.to(torch.bool) for k, v in private.items() if k.startswith("mask.")}

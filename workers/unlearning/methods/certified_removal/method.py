@@ -4,7 +4,8 @@ retrains the head when spent (Guo et al., ICML 2020; DESIGN §6.8 family ``linea
 
 The model (:class:`LinearHeadModel`) is an extractor from the architecture registry (the network
 minus its last ``nn.Linear``), trained by cross-entropy on the ``core`` split only (or kept at the
-architecture's seeded initial weights with ``core_epochs=0``), and C one-vs-rest heads over its
+architecture's seeded initial weights with ``core_epochs=0``, or taken from an uploaded checkpoint
+by :meth:`CertifiedRemoval.import_checkpoint`), and C one-vs-rest heads over its
 features scaled per sample to norm ≤ 1 (a constant 1 appended first, as the bias). The user
 samples' features are computed once and kept privately (artifact ``features``, by sample id) with
 the head's state (artifact ``state``: extractor, w, the secret b, the ledger β); purge deletes both.
@@ -42,6 +43,7 @@ from workers.unlearning.methods.certified_removal import head as H
 from workers.unlearning.methods.certified_removal.config import CertifiedRemovalConfig
 from workers.unlearning.networks import Builder, build_network, resolve_architecture
 from workers.unlearning.objective import Progress, SolveResult
+from workers.unlearning.standard import require_state_dict
 
 FORMAT = "lethe.linear_head/1"
 STATEMENT = "per release"  # releases between retrains share b (DESIGN §14.4)
@@ -134,6 +136,8 @@ class CertifiedRemoval:
     config_cls: ClassVar[type[CertifiedRemovalConfig]] = CertifiedRemovalConfig
     # the head's state (extractor, w, the secret b, the ledger) and the user samples' features
     private_artifacts: ClassVar[tuple[str, ...]] = ("state", "features")
+    # an uploaded checkpoint is only the extractor: the runner then trains the head as ``train`` does
+    checkpoint_trains_head: ClassVar[bool] = True
 
     # -- the runner's interface ---------------------------------------------------------------
     def build(self, spec: ModelSpec, cfg: CertifiedRemovalConfig) -> LinearHeadModel:
@@ -223,7 +227,24 @@ class CertifiedRemoval:
         return (ids, model.features(retained)[order], retained.y[order].clone()), True
 
     def supports(self, operation: str) -> bool:
-        return operation in ("zero", "retrain")
+        return operation in ("zero", "retrain", "import_checkpoint")
+
+    def import_checkpoint(self, spec: ModelSpec, data: bytes, cfg: CertifiedRemovalConfig) -> LinearHeadModel:
+        """The extractor from an uploaded ``state_dict`` of the whole architecture (public or
+        pretrained weights), checked like a ``standard`` checkpoint (names, shapes, dtypes, finite
+        values). The uploaded last layer is checked but ignored: the head is Lethe's, trained on
+        the user features with a fresh secret b (the runner calls :meth:`train` next)."""
+        try:
+            tensors = st_load(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure of untrusted bytes is bad input
+            raise InvalidDataError(f"not a safetensors file: {exc}") from None
+        torch.manual_seed(cfg.seed)
+        net = build_network(spec.architecture, spec.architecture_config)
+        extractor, last = _split(net)
+        require_state_dict(net, tensors)
+        want = net.state_dict()
+        net.load_state_dict({k: v.to(want[k].dtype) for k, v in tensors.items()})
+        return LinearHeadModel(spec.architecture, spec.architecture_config, extractor, last.out_features)
 
     def zero(self, model: LinearHeadModel) -> SolveResult:
         """w := 0: the head holds nothing of any user (β 0; the next train draws a fresh b)."""
