@@ -38,16 +38,22 @@ def _versions(s, model_id):
 
 
 # ----------------------------------------------------------------------------- fencing
+def _run_superseded(rt, job_id, hook: str, action) -> None:
+    """Run the job with ``action`` at ``hook`` (another attempt takes the job over there): the
+    first attempt must end ``abandoned``."""
+    run_mod.HOOKS[hook] = action
+    try:
+        assert run_job(rt, job_id) == "abandoned"
+    finally:
+        run_mod.HOOKS.pop(hook, None)
+
+
 def test_superseded_attempt_saves_no_step_while_the_new_attempt_runs(rt):
     """Bug pinned: the attempt check in ``_save_step`` (run.py) removed. The job is still
     ``running`` (attempt 2 owns it), so only the attempt number tells them apart."""
     model_id = _trained(rt)
     job_id = _forget_job(rt, model_id, "subject-003")
-    run_mod.HOOKS["after_solve"] = lambda job: _take_over(rt, job_id)
-    try:
-        assert run_job(rt, job_id) == "abandoned"
-    finally:
-        run_mod.HOOKS.pop("after_solve", None)
+    _run_superseded(rt, job_id, "after_solve", lambda job: _take_over(rt, job_id))
     with rt.session_factory() as s:
         job = s.get(Job, job_id)
         assert job.status == "running" and job.attempts == 2
@@ -59,11 +65,7 @@ def test_superseded_attempt_cannot_publish_while_the_new_attempt_runs(rt):
     """Bug pinned: the attempt check in ``publish`` removed (status alone still says running)."""
     model_id = _trained(rt)
     job_id = _forget_job(rt, model_id, "subject-004")
-    run_mod.HOOKS["before_publish"] = lambda job: _take_over(rt, job_id)
-    try:
-        assert run_job(rt, job_id) == "abandoned"
-    finally:
-        run_mod.HOOKS.pop("before_publish", None)
+    _run_superseded(rt, job_id, "before_publish", lambda job: _take_over(rt, job_id))
     with rt.session_factory() as s:
         job = s.get(Job, job_id)
         assert job.status == "running" and job.attempts == 2 and job.result_version_id is None
@@ -82,11 +84,7 @@ def test_superseded_attempt_failure_does_not_touch_the_new_attempt(rt):
         _take_over(rt, job_id)
         raise RuntimeError("the old worker crashes after losing the job")
 
-    run_mod.HOOKS["after_solve"] = take_over_then_crash
-    try:
-        assert run_job(rt, job_id) == "abandoned"
-    finally:
-        run_mod.HOOKS.pop("after_solve", None)
+    _run_superseded(rt, job_id, "after_solve", take_over_then_crash)
     with rt.session_factory() as s:
         job = s.get(Job, job_id)
         assert job.status == "running" and job.attempts == 2 and job.error is None

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from pipeline_support import file_request, load_all, make_data, register_model
+from pipeline_support import forget_job, load_all, make_data, register_model, trained
 from sqlalchemy import func, select
 
 from service.core.config import StorageSettings
 from service.core.storage import S3ArtifactStore
 from service.job import service as job_service
 from service.model_registry.samples import read_samples
-from service.models import Job, JobKind, Model, ModelVersion, SampleChunk, VersionArtifact
+from service.models import Job, JobKind, ModelVersion, SampleChunk, VersionArtifact
 from workers.execution import run as run_mod
 from workers.execution.purge import purge_model
 from workers.execution.run import run_job
@@ -28,21 +28,6 @@ def rt_s3(clean_tables, settings, s3_storage):
     runtime.engine.dispose()
 
 
-def _train(rt, data, name="tiny"):
-    with rt.session_factory.begin() as s:
-        m = register_model(s, name)
-        load_all(s, rt.store, m, data)
-        job_id, model_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id, m.id
-    assert run_job(rt, job_id) == "succeeded"
-    return model_id
-
-
-def _forget(rt, model_id, *subjects):
-    with rt.session_factory.begin() as s:
-        model = s.get(Model, model_id)
-        for subj in subjects:
-            file_request(s, model, subj)
-        return job_service.forget_now(s, rt.settings, model, "test").id
 
 
 def _all_versions(store: S3ArtifactStore, uri: str) -> list[str]:
@@ -54,7 +39,7 @@ def _all_versions(store: S3ArtifactStore, uri: str) -> list[str]:
 def test_purge_on_a_versioned_bucket_leaves_no_version_readable(rt_s3):
     rt, store = rt_s3, rt_s3.store
     data = make_data()
-    model_id = _train(rt, data)
+    model_id = trained(rt, data=data)
     with rt.session_factory() as s:
         v1 = s.execute(select(ModelVersion)).scalar_one()
         user_chunk = s.execute(select(SampleChunk).where(SampleChunk.n_rows == len(data["user"][1]))).scalar_one()
@@ -69,7 +54,7 @@ def test_purge_on_a_versioned_bucket_leaves_no_version_readable(rt_s3):
     assert len(old[user_chunk.uri]) == 2 and all(old.values())
 
     gone = ["subject-003", "subject-011"]
-    assert run_job(rt, _forget(rt, model_id, *gone)) == "succeeded"
+    assert run_job(rt, forget_job(rt, model_id, *gone)) == "succeeded"
     out = purge_model(rt, model_id)  # s3_storage: delete_grace_s = 0
     assert out["chunks_rewritten"] == 1 and out["files_removed"] == len(doomed)
 
@@ -94,10 +79,10 @@ def test_purge_on_a_versioned_bucket_leaves_no_version_readable(rt_s3):
 
 def test_purge_waits_for_the_grace_period_of_a_fresh_write(rt_s3):
     rt = rt_s3
-    model_id = _train(rt, make_data())
+    model_id = trained(rt)
     with rt.session_factory() as s:
         v1_uri = s.execute(select(ModelVersion.artifact_uri)).scalar_one()
-    assert run_job(rt, _forget(rt, model_id, "subject-001")) == "succeeded"
+    assert run_job(rt, forget_job(rt, model_id, "subject-001")) == "succeeded"
     # v1's weights were written moments ago: with a grace period they stay for the sweeper
     out = purge_model(rt, model_id, grace_s=3600)
     assert out["files_removed"] == 0 and rt.store.exists(v1_uri)
@@ -111,8 +96,8 @@ def test_purge_waits_for_the_grace_period_of_a_fresh_write(rt_s3):
 
 def test_corrupt_weights_are_refused_and_the_job_retried(rt_s3):
     rt, store = rt_s3, rt_s3.store
-    model_id = _train(rt, make_data())
-    job_id = _forget(rt, model_id, "subject-002")
+    model_id = trained(rt)
+    job_id = forget_job(rt, model_id, "subject-002")
 
     def corrupt(job):
         with rt.session_factory() as s:

@@ -13,13 +13,13 @@ from typing import Literal
 
 import pytest
 import torch
-from pipeline_support import SECRET, file_request, load_all, make_data, register_model
+from pipeline_support import SECRET, forget_job, load_all, make_data, register_model
 from pydantic import Field
 from sqlalchemy import select
 
 from service.core.security import subject_key
 from service.job import service as job_service
-from service.models import DeletionRequest, JobKind, Model, ModelVersion, VersionArtifact
+from service.models import DeletionRequest, JobKind, ModelVersion, VersionArtifact
 from workers.execution.purge import purge_model
 from workers.execution.run import run_job
 from workers.unlearning import Bound, SolveResult, load_model, register, unregister
@@ -85,12 +85,7 @@ def _toy_model(rt, **config):
 
 
 def _forget(rt, model_id, *subjects):
-    with rt.session_factory.begin() as s:
-        model = s.get(Model, model_id)
-        for subj in subjects:
-            file_request(s, model, subj)
-        job_id = job_service.forget_now(s, rt.settings, model, "test").id
-    return run_job(rt, job_id)
+    return run_job(rt, forget_job(rt, model_id, *subjects))
 
 
 def _versions(s, model_id):
