@@ -58,7 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # Outermost last: header size, then body size, then duplicate JSON keys.
+    # Outermost last: header size, then body size, then duplicate JSON keys, then (innermost, in
+    # front of the router, so every limit above applies to it) manifest-cache hits.
+    if settings.api.manifest_cache and settings.api.manifest_fast_path:
+        from service.model_registry.fast_path import ManifestFastPath
+
+        app.add_middleware(ManifestFastPath)
     app.add_middleware(DuplicateJsonKeysMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes,
                        per_path={CHECKPOINT_PATH: settings.api.max_checkpoint_bytes})

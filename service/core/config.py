@@ -114,6 +114,9 @@ class ApiSettings(BaseModel):
     # In-process manifest/ETag cache (service/model_registry/manifest_cache.py); off = every
     # manifest request reads the database (the benchmark's baseline).
     manifest_cache: bool = True
+    # Cache hits answered ahead of FastAPI's routing (service/model_registry/fast_path.py); off =
+    # every hit goes through the route (same answers: the benchmark's comparison).
+    manifest_fast_path: bool = True
 
 
 class PipelineSettings(BaseModel):
