@@ -1,10 +1,14 @@
 """`latest` manifest latency (DESIGN §9: p99 ≤ 5 ms; a 304 carries no body).
 
-Against a real PostgreSQL and a real uvicorn (1 worker, uvloop/httptools), in one run:
-the same server with the in-process manifest cache off (every request reads the database:
-the baseline) and on. For each, N GETs of ``/v1/models/bench/versions/latest`` without
-``If-None-Match`` (200 with the manifest) and N with the current ETag (304, no body), over
-``--concurrency`` keep-alive connections (default 1: latency, not queueing); p50/p99 per status. Writes bench/results/manifest.{json,md}.
+Against a real PostgreSQL and a real uvicorn (1 worker, uvloop/httptools, no access log), in one
+run: the same server with the in-process manifest cache off (every request reads the database:
+the baseline), on with every hit going through FastAPI's route (``LETHE_API__MANIFEST_FAST_PATH=
+false``), and on with hits answered by the fast path ahead of routing (the default). For each,
+N GETs of ``/v1/models/bench/versions/latest`` without ``If-None-Match`` (200 with the manifest)
+and N with the current ETag (304, no body), over ``--concurrency`` keep-alive connections
+(default 1: latency, not queueing); p50/p99 per status. ``--access-log`` adds a fourth case: the
+fast path with uvicorn's access log on (what ``lethe serve`` runs with), written to a file.
+The cases are interleaved, ``--rounds`` times. Writes bench/results/manifest.{json,md}.
 
     .venv/bin/python bench/manifest.py                  # 3,000 requests per case
 """
@@ -53,12 +57,27 @@ def seed(url: str) -> str:
         engine.dispose()
 
 
-def start(url: str, port: int, cache: bool, log: Path) -> subprocess.Popen:
+# (label, manifest cache, fast path, access log)
+CASES = [("off (baseline)", False, False, False), ("on, via route", True, False, False), ("on, fast path", True, True, False)]
+ACCESS_LOG_CASE = ("on, fast path, access log", True, True, True)
+
+
+def start(url: str, port: int, cache: bool, fast: bool, access_log: bool, log: Path) -> subprocess.Popen:
+    saved = ai.uvicorn_command
+    if access_log:  # the same command, with uvicorn's access log on (its default) at level info
+        def with_access_log(port: int, workers: int) -> list[str]:
+            cmd = [a for a in saved(port, workers) if a != "--no-access-log"]
+            cmd[cmd.index("--log-level") + 1] = "info"
+            return cmd
+
+        ai.uvicorn_command = with_access_log
     os.environ["LETHE_API__MANIFEST_CACHE"] = "true" if cache else "false"
+    os.environ["LETHE_API__MANIFEST_FAST_PATH"] = "true" if fast else "false"
     try:
         return ai.start_server(url, port, 1, log)
     finally:
-        del os.environ["LETHE_API__MANIFEST_CACHE"]
+        del os.environ["LETHE_API__MANIFEST_CACHE"], os.environ["LETHE_API__MANIFEST_FAST_PATH"]
+        ai.uvicorn_command = saved
 
 
 async def load(port: int, raw: bytes, n: int, concurrency: int, expect: int) -> dict:
@@ -101,30 +120,39 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--database", default="lethe_bench_manifest")
+    ap.add_argument("--rounds", type=int, default=2, help="times each case runs (interleaved)")
+    ap.add_argument("--access-log", action="store_true", help="also the fast path with uvicorn's access log on")
     args = ap.parse_args()
     url = ai.recreate_database(args.database)
     token = seed(url)
     rows = []
-    for cache in (False, True, False, True):  # interleaved: baseline and cache twice each
-        port = ai.free_port()
-        (ai.ROOT / "var").mkdir(exist_ok=True)
-        proc = start(url, port, cache, ai.ROOT / "var" / "bench-manifest-uvicorn.log")
-        try:
-            status, _ = asyncio.run(_one(port, get(token, None)))
-            etag = _ETAG[0]
-            for raw, expect in ((get(token, None), 200), (get(token, etag), 304)):
-                r = asyncio.run(load(port, raw, args.requests, args.concurrency, expect))
-                r["cache"] = cache
-                rows.append(r)
-                print(r, flush=True)
-        finally:
-            ai.stop_server(proc)
+    cases = CASES + ([ACCESS_LOG_CASE] if args.access_log else [])
+    load_before = os.getloadavg()[0]
+    for rnd in range(args.rounds):
+        for label, cache, fast, access_log in cases:  # interleaved: every case once per round
+            port = ai.free_port()
+            (ai.ROOT / "var").mkdir(exist_ok=True)
+            proc = start(url, port, cache, fast, access_log, ai.ROOT / "var" / "bench-manifest-uvicorn.log")
+            try:
+                status, _ = asyncio.run(_one(port, get(token, None)))
+                etag = _ETAG[0]
+                for raw, expect in ((get(token, None), 200), (get(token, etag), 304)):
+                    r = asyncio.run(load(port, raw, args.requests, args.concurrency, expect))
+                    r.update(case=label, cache=cache, fast_path=fast, access_log=access_log, round=rnd + 1)
+                    rows.append(r)
+                    print(r, flush=True)
+            finally:
+                ai.stop_server(proc)
+    load_after = os.getloadavg()[0]
     doc = {"command": "python bench/manifest.py" + "".join(f" {a}" for a in sys.argv[1:]), "rows": rows,
-           "machine": "2-core shared VM; load generator, uvicorn (1 worker) and PostgreSQL share the cores"}
-    md = ["| cache | status | requests | req/s | p50 ms | p99 ms | max ms | body bytes |", "|---|---|---:|---:|---:|---:|---:|---|"]
+           "machine": "2-core shared VM; load generator, uvicorn (1 worker) and PostgreSQL share the cores",
+           "load_average_1m": [load_before, load_after]}
+    md = ["| round | cache | status | requests | req/s | p50 ms | p99 ms | max ms | body bytes |",
+          "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        md.append(f"| {'on' if r['cache'] else 'off (baseline)'} | {r['status']} | {r['n']} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['body_bytes']} |")
-    text = f"Command: `{doc['command']}`, {args.concurrency} keep-alive connections.\n\n" + "\n".join(md) + "\n"
+        md.append(f"| {r['round']} | {r['case']} | {r['status']} | {r['n']} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['body_bytes']} |")
+    text = (f"Command: `{doc['command']}`, {args.concurrency} keep-alive connections; load average (1 min) "
+            f"{load_before:.1f} before / {load_after:.1f} after.\n\n" + "\n".join(md) + "\n")
     print(text)
     ai.RESULTS.mkdir(parents=True, exist_ok=True)
     (ai.RESULTS / "manifest.json").write_text(json.dumps(doc, indent=2))
