@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--database", default="lethe_bench_manifest")
     ap.add_argument("--rounds", type=int, default=2, help="times each case runs (interleaved)")
     ap.add_argument("--access-log", action="store_true", help="also the fast path with uvicorn's access log on")
+    ap.add_argument("--in-process-hits", type=int, default=3000, help="hits per in-process CPU phase (0: skip)")
     args = ap.parse_args()
     url = ai.recreate_database(args.database)
     token = seed(url)
@@ -144,15 +145,23 @@ def main() -> None:
             finally:
                 ai.stop_server(proc)
     load_after = os.getloadavg()[0]
+    cpu = in_process(url, token, args.in_process_hits, 3) if args.in_process_hits else []
     doc = {"command": "python bench/manifest.py" + "".join(f" {a}" for a in sys.argv[1:]), "rows": rows,
            "machine": "2-core shared VM; load generator, uvicorn (1 worker) and PostgreSQL share the cores",
-           "load_average_1m": [load_before, load_after]}
+           "load_average_1m": [load_before, load_after], "in_process": cpu}
     md = ["| round | cache | status | requests | req/s | p50 ms | p99 ms | max ms | body bytes |",
           "|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         md.append(f"| {r['round']} | {r['case']} | {r['status']} | {r['n']} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['body_bytes']} |")
     text = (f"Command: `{doc['command']}`, {args.concurrency} keep-alive connections; load average (1 min) "
             f"{load_before:.1f} before / {load_after:.1f} after.\n\n" + "\n".join(md) + "\n")
+    if cpu:
+        text += ("\nIn-app CPU per cached hit (ASGI app called in-process, no uvicorn; µs, each round):\n\n"
+                 "| path | status | µs per hit |\n|---|---|---|\n")
+        for fast in (False, True):
+            for status in (200, 304):
+                each = " / ".join(str(r["cpu_us_per_hit"]) for r in cpu if r["fast_path"] == fast and r["status"] == status)
+                text += f"| {'fast path' if fast else 'route'} | {status} | {each} |\n"
     print(text)
     ai.RESULTS.mkdir(parents=True, exist_ok=True)
     (ai.RESULTS / "manifest.json").write_text(json.dumps(doc, indent=2))
@@ -160,6 +169,63 @@ def main() -> None:
 
 
 _ETAG: list[str] = [""]
+
+
+def in_process(url: str, token: str, n: int, rounds: int) -> list[dict]:
+    """CPU per cached hit inside the app (the ASGI app called directly: no uvicorn, no socket),
+    with and without the fast path, alternating ``rounds`` times."""
+    from service.core.config import Settings
+    from service.main import create_app
+
+    def scope(etag: str | None) -> dict:
+        headers = [(b"host", b"bench"), (b"authorization", f"Bearer {token}".encode())]
+        headers += [(b"if-none-match", etag.encode())] if etag else []
+        return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                "path": "/v1/models/bench/versions/latest", "raw_path": b"/v1/models/bench/versions/latest", "root_path": "",
+                "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def one(app, sc: dict) -> list[dict]:
+        out: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            out.append(message)
+
+        await app(dict(sc), receive, send)
+        return out
+
+    async def run() -> list[dict]:
+        apps = {fast: create_app(Settings(environment="test", database={"url": url}, storage={"root": str(ai.ROOT / "var" / "bench-artifacts")},
+                                          security={"secret_key": ai.SECRET}, api={"manifest_fast_path": fast})) for fast in (False, True)}
+        contexts = [app.router.lifespan_context(app) for app in apps.values()]
+        for c in contexts:
+            await c.__aenter__()
+        try:
+            for app in apps.values():
+                while not app.state.manifests.ready:
+                    await asyncio.sleep(0.05)
+            first = await one(apps[True], scope(None))
+            etag = dict(first[0]["headers"])[b"etag"].decode()
+            out = []
+            for rnd in range(rounds):
+                for fast, app in apps.items():
+                    for sc, status in ((scope(None), 200), (scope(etag), 304)):
+                        for _ in range(50):
+                            assert (await one(app, sc))[0]["status"] == status
+                        c0 = time.process_time()
+                        for _ in range(n):
+                            await one(app, sc)
+                        out.append({"round": rnd + 1, "fast_path": fast, "status": status, "n": n,
+                                    "cpu_us_per_hit": round((time.process_time() - c0) / n * 1e6, 1)})
+                        print(out[-1], flush=True)
+            return out
+        finally:
+            for c in contexts:
+                await c.__aexit__(None, None, None)
+
+    return asyncio.run(run())
 
 
 async def _one(port: int, raw: bytes):
