@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -366,25 +367,31 @@ def one_statement_policy(data: DeletionRequestCreate) -> dict[str, Any]:
 
 
 def one_statement_result(values: dict[str, Any], data: DeletionRequestCreate, got: dict[str, Any]) -> CreateResult:
-    """The created request, from the insert's parameters and what it returned."""
-    row = DeletionRequest(
+    """The created request, from the insert's parameters and what it returned (no ORM object:
+    nothing is loaded, and the hot path pays for none)."""
+    row = SimpleNamespace(
         id=values["id"],
         subject_id=data.subject_id,
         subject_key=values["subject_key"],
-        model_id=got["model_id"],
         client_id=values["client_id"],
-        idempotency_key=values["idempotency_key"],
-        open_key=got["open_key"],
         status=got["status"],
         reason=data.reason,
         source=data.source,
+        decision_reason=None,
         created_at=values["now"],
         due_at=got["due_at"],
         approved_by=got["approved_by"],
         approved_at=got["approved_at"],
+        job_id=None,
+        samples_removed=None,
+        error=None,
         attempts=0,
+        completed_at=None,
+        extended_at=None,
+        extended_by=None,
+        extension_reason=None,
     )
-    return CreateResult(to_read(row, data.model, None, values["now"]), "created")
+    return CreateResult(to_read(row, data.model, None, values["now"]), "created")  # type: ignore[arg-type]
 
 
 def _read_row(session: Session, row: DeletionRequest) -> DeletionRequestRead:
