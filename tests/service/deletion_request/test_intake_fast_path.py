@@ -159,3 +159,16 @@ def test_switched_off_every_create_takes_the_route(engine, settings, committed_m
             assert paths == {"fast": 0, "route": 3}
     finally:
         truncate_all(engine)
+
+
+def test_a_request_for_every_model_takes_the_strictest_policy_on_the_fast_path_too(committed_app, committed_model, paths):
+    committed_model(committed_app.app, "auto", auto_approve=True, sla_days=40)
+    committed_model(committed_app.app, "manual", auto_approve=False, sla_days=7)
+    by_route = _post(committed_app, subject_id="all-1")
+    by_fast = _post(committed_app, subject_id="all-2")
+    assert paths == {"fast": 1, "route": 1}
+    for r in (by_route, by_fast):
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["model"] is None and body["status"] == "awaiting_approval" and body["approved_by"] is None
+        assert 6.99 < body["days_left"] <= 7
