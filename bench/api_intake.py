@@ -73,12 +73,28 @@ Steps, measured on this machine while optimising (3,000 creates after a warm-up;
    work (server CPU per create ~1.4 -> ~1.05-1.3 ms); this took 2 workers to 1,000-1,300 req/s with
    p99 22-36 ms.
 
-Where the time still goes (CPU table above): the API process (uvicorn + FastAPI request/response
-handling ~0.4 ms, SQLAlchemy + psycopg ~0.3 ms, the thread hop ~0.1 ms), then PostgreSQL (~0.3 ms
-per create including the WAL flush), then the load generator (~0.07 ms). Not changed, because
-they are not this benchmark's files: `pool_pre_ping=True` in service/core/db.py costs one extra
-round trip (`SELECT 1`) per connection checkout. Run-to-run spread on this shared 2-core VM is
-large (±20 %); all measured runs are listed.
+6. (Issue 17, later: each create also writes its webhook event row in the same statement, and a
+   forget job runs beside the benchmark.) The intake fast path (service/deletion_request/intake.py,
+   `api.intake_fast_path`): a pure-ASGI layer inside the limit middlewares answers a create whose
+   token is in the token cache on the event loop, with the same one-statement insert as a prepared
+   statement on an autocommit async psycopg pool; anything else falls through to the route. py-spy
+   (--gil) of the route under load had put ~40 % of the workers' CPU in uvicorn/Starlette/FastAPI
+   request handling, ~35 % in the worker thread (SQLAlchemy Session and text statement set-up,
+   result processing) and the thread hand-over itself (Condition.notify/wait) as the largest
+   single items. Server CPU per create 1.6-2.2 -> 0.45-0.7 ms.
+7. With that, creates were bound by commit latency, not CPU: one commit waits for its WAL flush
+   (fdatasync, ~4 ms on this VM, measured with sequential autocommit inserts), and PostgreSQL
+   flushes the commits waiting together at once, so throughput follows the number of creates in
+   flight. 4 pooled connections per process (the route's bound) gave ~600-700 req/s; 16
+   (`api.intake_connections`, the default now) ~1,200-1,600 req/s without the forget job.
+
+Where the time still goes (CPU table above, fast path on): the API process ~0.45-0.7 ms per create
+(py-spy: uvicorn's protocol and two socket writes per response ~25 %, the ASGI middleware chain
+~10 %, psycopg execute/wait and the pool ~30 %, pydantic parse/validate/serialise and the subject
+key ~20 %), PostgreSQL ~0.35-0.5 ms (two rows, their indexes, the WAL flush), the load generator
+~0.07-0.1 ms; the niced forget job takes what is left. The route (fast path off) is listed as the
+baseline of the same run. Run-to-run spread on this shared 2-core VM is large (±20 %); all
+measured runs are listed.
 """
 
 
