@@ -47,6 +47,7 @@ IDEMPOTENCY_KEY_MAX = 200  # the route's Header(max_length=...)
 # How long a create waits for one of the pool's connections (``api.intake_connections``; creates
 # beyond it wait on the event loop) before the route is left to answer.
 POOL_WAIT_S = 10.0
+IDLE_CONNECTIONS = 4
 
 
 async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
@@ -57,7 +58,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
     db = settings.database
     pool = AsyncConnectionPool(
         url.set(drivername="postgresql").render_as_string(hide_password=False),
-        min_size=settings.api.intake_connections,
+        min_size=min(IDLE_CONNECTIONS, settings.api.intake_connections),  # grows under load, shrinks when idle
         max_size=settings.api.intake_connections,
         kwargs={"autocommit": True},
         check=AsyncConnectionPool.check_connection if db.pool_pre_ping else None,
