@@ -72,6 +72,8 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
 
 
 class IntakeFastPath:
+    """The middleware (see the module docstring); ``create_app`` adds it innermost."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
