@@ -73,12 +73,28 @@ Steps, measured on this machine while optimising (3,000 creates after a warm-up;
    work (server CPU per create ~1.4 -> ~1.05-1.3 ms); this took 2 workers to 1,000-1,300 req/s with
    p99 22-36 ms.
 
-Where the time still goes (CPU table above): the API process (uvicorn + FastAPI request/response
-handling ~0.4 ms, SQLAlchemy + psycopg ~0.3 ms, the thread hop ~0.1 ms), then PostgreSQL (~0.3 ms
-per create including the WAL flush), then the load generator (~0.07 ms). Not changed, because
-they are not this benchmark's files: `pool_pre_ping=True` in service/core/db.py costs one extra
-round trip (`SELECT 1`) per connection checkout. Run-to-run spread on this shared 2-core VM is
-large (±20 %); all measured runs are listed.
+6. (Issue 17, later: each create also writes its webhook event row in the same statement, and a
+   forget job runs beside the benchmark.) The intake fast path (service/deletion_request/intake.py,
+   `api.intake_fast_path`): a pure-ASGI layer inside the limit middlewares answers a create whose
+   token is in the token cache on the event loop, with the same one-statement insert as a prepared
+   statement on an autocommit async psycopg pool; anything else falls through to the route. py-spy
+   (--gil) of the route under load had put ~40 % of the workers' CPU in uvicorn/Starlette/FastAPI
+   request handling, ~35 % in the worker thread (SQLAlchemy Session and text statement set-up,
+   result processing) and the thread hand-over itself (Condition.notify/wait) as the largest
+   single items. Server CPU per create 1.6-2.2 -> 0.45-0.7 ms.
+7. With that, creates were bound by commit latency, not CPU: one commit waits for its WAL flush
+   (fdatasync, ~4 ms on this VM, measured with sequential autocommit inserts), and PostgreSQL
+   flushes the commits waiting together at once, so throughput follows the number of creates in
+   flight. 4 pooled connections per process (the route's bound) gave ~600-700 req/s; 16
+   (`api.intake_connections`, the default now) ~1,200-1,600 req/s without the forget job.
+
+Where the time still goes (CPU table above, fast path on): the API process ~0.45-0.7 ms per create
+(py-spy: uvicorn's protocol and two socket writes per response ~25 %, the ASGI middleware chain
+~10 %, psycopg execute/wait and the pool ~30 %, pydantic parse/validate/serialise and the subject
+key ~20 %), PostgreSQL ~0.35-0.5 ms (two rows, their indexes, the WAL flush), the load generator
+~0.07-0.1 ms; the niced forget job takes what is left. The route (fast path off) is listed as the
+baseline of the same run. Run-to-run spread on this shared 2-core VM is large (±20 %); all
+measured runs are listed.
 """
 
 
@@ -140,8 +156,9 @@ def uvicorn_command(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def start_server(url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
+def start_server(url: str, port: int, workers: int, log: Path, fast_path: bool = True) -> subprocess.Popen:
     env = os.environ | {
+        "LETHE_API__INTAKE_FAST_PATH": "true" if fast_path else "false",
         "LETHE_ENVIRONMENT": "test",
         "LETHE_DATABASE__URL": url,
         "LETHE_SECURITY__SECRET_KEY": SECRET,
@@ -380,12 +397,13 @@ def pgbench(url: str, clients: int, seconds: int, tmp: Path) -> dict:
             "job_cpu_s": round((_proc_cpu(_JOB_PID[0]) if _JOB_PID else 0.0) - job0, 2)}
 
 
-def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency: int, repeat: int, log: Path) -> list[dict]:
+def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency: int, repeat: int, log: Path,
+            fast_path: bool = True) -> list[dict]:
     """Start a server, warm it up, then ``repeat`` measured runs of ``n`` creates each."""
     import uvloop
 
     port = free_port()
-    proc = start_server(url, port, workers, log)
+    proc = start_server(url, port, workers, log, fast_path)
     results = []
     try:
         run = uuid.uuid4().hex[:8]
@@ -400,6 +418,7 @@ def measure(url: str, token: str, workers: int, n: int, warmup: int, concurrency
             cpu["total"] = round(sum(cpu.values()), 3)
             result["cpu_ms_per_request"] = cpu
             result["workers"] = workers
+            result["fast_path"] = fast_path
             result["repeat"] = k + 1
             result["meets_target"] = (
                 result["rps"] >= TARGET_RPS and result["p99_ms"] <= TARGET_P99_MS and result["errors"] == 0
@@ -420,22 +439,22 @@ def to_markdown(doc: dict) -> str:
         "",
         f"Target (DESIGN §9): ≥ {TARGET_RPS:,.0f} creates/s, p99 ≤ {TARGET_P99_MS:.0f} ms, against PostgreSQL.",
         "",
-        "| uvicorn workers | run | connections | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | rows committed | target met |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| uvicorn workers | intake fast path | run | connections | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | rows committed | target met |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in doc["runs"]:
         lines.append(
-            f"| {r['workers']} | {r['repeat']} | {r['concurrency']} | {r['requests']:,} | {r['rps']:,.0f} | {r['p50_ms']} | "
+            f"| {r['workers']} | {_fp(r)} | {r['repeat']} | {r['concurrency']} | {r['requests']:,} | {r['rps']:,.0f} | {r['p50_ms']} | "
             f"{r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['rows_committed']:,} | "
             f"{'yes' if r['meets_target'] else 'no'} |"
         )
     lines.append("")
-    for w in sorted({r["workers"] for r in doc["runs"]}):
-        rs = [r for r in doc["runs"] if r["workers"] == w]
+    for w, fp in sorted({(r["workers"], _fp(r)) for r in doc["runs"]}):
+        rs = [r for r in doc["runs"] if r["workers"] == w and _fp(r) == fp]
         med = statistics.median(r["rps"] for r in rs)
         met = sum(r["meets_target"] for r in rs)
         lines.append(
-            f"- {w} worker(s): median {med:,.0f} req/s, worst p99 {max(r['p99_ms'] for r in rs)} ms, "
+            f"- {w} worker(s), fast path {fp}: median {med:,.0f} req/s, worst p99 {max(r['p99_ms'] for r in rs)} ms, "
             f"target met in {met} of {len(rs)} runs."
         )
     if doc.get("pgbench"):
@@ -445,17 +464,18 @@ def to_markdown(doc: dict) -> str:
         for i, p in enumerate(doc["pgbench"], 1):
             lines.append(f"| {i} | {p['clients']} | {p['tps']:,.0f} | {p['p50_ms']} | {p['p99_ms']} |")
         lines += ["", "Lethe's share of pgbench (target ≥ 25 %, p99 ≤ 50 ms): " + ", ".join(
-            f"{r['workers']}w run {r['repeat']}: {100 * r['share_of_pgbench']:.1f} % (p99 {r['p99_ms']} ms)" for r in doc["runs"])]
+            f"{r['workers']}w fast path {_fp(r)} run {r['repeat']}: {100 * r['share_of_pgbench']:.1f} % (p99 {r['p99_ms']} ms)"
+            for r in doc["runs"])]
     lines += [
         "",
         "Where the CPU goes (CPU milliseconds per request, from /proc, during the measured run):",
         "",
-        "| uvicorn workers | run | server (all workers) | PostgreSQL (all backends) | load generator | forget job | total |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| uvicorn workers | intake fast path | run | server (all workers) | PostgreSQL (all backends) | load generator | forget job | total |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["runs"]:
         c = r["cpu_ms_per_request"]
-        lines.append(f"| {r['workers']} | {r['repeat']} | {c['server']} | {c['postgres']} | {c['load_generator']} | {c.get('job', '–')} | {c['total']} |")
+        lines.append(f"| {r['workers']} | {_fp(r)} | {r['repeat']} | {c['server']} | {c['postgres']} | {c['load_generator']} | {c.get('job', '–')} | {c['total']} |")
     env = doc["environment"]
     lines += [
         "",
@@ -479,6 +499,10 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fp(run: dict) -> str:
+    return "on" if run.get("fast_path", True) else "off"
+
+
 def postgres_facts(url: str) -> dict:
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
         get = lambda q: conn.execute(q).fetchone()[0]  # noqa: E731
@@ -500,6 +524,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     ap.add_argument("--pgbench-seconds", type=int, default=10, help="each pgbench run (one before, one after Lethe's runs)")
     ap.add_argument("--no-job", action="store_true", help="do not run the background forget job")
+    ap.add_argument("--fast-path", nargs="+", choices=["on", "off"], default=["on"],
+                    help="api.intake_fast_path of the server; 'off on' alternates both (one server start per run)")
     args = ap.parse_args()
 
     url = recreate_database(args.database)
@@ -526,11 +552,16 @@ def _run_all(args, url: str, token: str, log: Path) -> dict:
     pg = [pgbench(url, args.concurrency, args.pgbench_seconds, log.parent)]
     print("pgbench:", pg[-1], flush=True)
     runs = []
-    for workers in args.workers:
-        for r in measure(url, token, workers, args.requests, args.warmup, args.concurrency, args.repeat, log):
+    # One configuration: one server, `repeat` runs. Several: they alternate, a server start each.
+    plan = ([(w, fp == "on", args.repeat) for w in args.workers for fp in args.fast_path] if len(args.fast_path) == 1
+            else [(w, fp == "on", 1) for w in args.workers for _ in range(args.repeat) for fp in args.fast_path])
+    done: dict[tuple[int, bool], int] = {}
+    for workers, fast_path, repeat in plan:
+        for r in measure(url, token, workers, args.requests, args.warmup, args.concurrency, repeat, log, fast_path):
+            done[workers, fast_path] = r["repeat"] = done.get((workers, fast_path), 0) + 1
             runs.append(r)
             print(
-                f"workers={workers} run {r['repeat']}: {r['rps']:.0f} req/s, p50 {r['p50_ms']} ms, "
+                f"workers={workers} fast path {_fp(r)} run {r['repeat']}: {r['rps']:.0f} req/s, p50 {r['p50_ms']} ms, "
                 f"p99 {r['p99_ms']} ms, errors {r['errors']}, rows {r['rows_committed']}, "
                 f"CPU ms/request {r['cpu_ms_per_request']}",
                 flush=True,

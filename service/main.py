@@ -17,6 +17,7 @@ from service.core.errors import install_error_handlers
 from service.core.limits import BodySizeLimitMiddleware, DuplicateJsonKeysMiddleware, HeaderSizeLimitMiddleware
 from service.job.checkpoint import CHECKPOINT_PATH
 from service.core.storage import StorageUnavailable, make_store
+from service.deletion_request import intake
 from workers.unlearning.methods import config_classes
 
 log = logging.getLogger("lethe.api")
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.model_registry.manifest_cache import ManifestCache
 
         app.state.manifests = ManifestCache(engine) if settings.api.manifest_cache else None
+        app.state.intake_pool = await intake.open_pool(settings)
+        app.state.intake_session_factory = app.state.session_factory
         _rekey_audit_chain(app.state.session_factory)
         # A store that cannot be used is said at startup, clearly; /readyz keeps saying which.
         problem = await anyio.to_thread.run_sync(_check_storage, app.state.store)
@@ -48,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if app.state.manifests is not None:
                 app.state.manifests.close()
+            if app.state.intake_pool is not None:
+                await app.state.intake_pool.close()
             engine.dispose()
 
     app = FastAPI(
@@ -58,12 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # Outermost last: header size, then body size, then duplicate JSON keys, then (innermost, in
-    # front of the router, so every limit above applies to it) manifest-cache hits.
+    # Outermost last: header size, then body size, then duplicate JSON keys, then the intake
+    # fast path (it answers common creates itself, after every limit), then (innermost, in front
+    # of the router, so every limit above applies to it) manifest-cache hits.
     if settings.api.manifest_cache and settings.api.manifest_fast_path:
         from service.model_registry.fast_path import ManifestFastPath
 
         app.add_middleware(ManifestFastPath)
+    app.add_middleware(intake.IntakeFastPath)
     app.add_middleware(DuplicateJsonKeysMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes,
                        per_path={CHECKPOINT_PATH: settings.api.max_checkpoint_bytes})

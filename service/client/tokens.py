@@ -167,8 +167,27 @@ def cached_principal(request: Request) -> Principal | None:
     """The caller's principal from this process's token cache, without the database (for hot
     async routes); None when it must be looked up (:func:`authenticate`). A missing or malformed
     header is refused here."""
-    hit = _cache.get(hash_token(_bearer(request)))
+    return _cached(_bearer(request))
+
+
+def principal_from_cache(authorization: str) -> Principal | None:
+    """:func:`cached_principal` for a raw ``Authorization`` header value (a pure-ASGI path):
+    None when the token is not cached *or* the header is malformed; the caller then takes the
+    full path, which answers those."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return _cached(value.strip())
+
+
+def _cached(token: str) -> Principal | None:
+    hit = _cache.get(hash_token(token))
     return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+
+def may(principal: Principal, *roles: Role) -> bool:
+    """Whether ``principal`` has one of ``roles`` (admin always has)."""
+    return principal.role in roles or principal.role is Role.admin
 
 
 def require(*roles: Role):
@@ -176,7 +195,7 @@ def require(*roles: Role):
     allowed = frozenset(roles) | {Role.admin}
 
     def _check(principal: Principal = Depends(authenticate)) -> Principal:
-        if principal.role not in allowed:
+        if not may(principal, *roles):
             raise Forbidden(
                 f"Role '{principal.role}' may not do this; needs one of: "
                 + ", ".join(sorted(r.value for r in allowed))

@@ -117,6 +117,13 @@ class ApiSettings(BaseModel):
     # Cache hits answered ahead of FastAPI's routing (service/model_registry/fast_path.py); off =
     # every hit goes through the route (same answers: the benchmark's comparison).
     manifest_fast_path: bool = True
+    # POST /v1/deletion-requests answered on the event loop when it can be (on PostgreSQL;
+    # service/deletion_request/intake.py); off = every create takes the route (the benchmark's baseline).
+    intake_fast_path: bool = True
+    # Its pooled connections per API process. Each create waits for its commit's WAL flush
+    # (~4 ms on the development VM); PostgreSQL flushes the commits waiting together at once, so
+    # throughput grows with the creates in flight, which these bound.
+    intake_connections: int = Field(default=16, ge=1, le=64)
 
 
 class PipelineSettings(BaseModel):

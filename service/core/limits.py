@@ -123,12 +123,32 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def is_json_media(content_type: bytes) -> bool:
+    """``application/json`` or ``application/*+json`` (parameters ignored)."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
 def _is_json(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+            return is_json_media(value)
     return False
+
+
+async def read_body(receive: Receive) -> tuple[bytes | None, Receive]:
+    """The whole request body, and a ``receive`` that replays it to the application; ``None``
+    when the client went away first (the replaying ``receive`` then says so)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, replay([message], receive)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    return body, replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
 
 class DuplicateJsonKeysMiddleware:
@@ -143,16 +163,10 @@ class DuplicateJsonKeysMiddleware:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") or not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message], receive), send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body, replayed = await read_body(receive)
+        if body is None:  # the client went away
+            await self.app(scope, replayed, send)
+            return
         try:
             json.loads(body, object_pairs_hook=_no_duplicates)
         except _DuplicateKey as exc:
@@ -167,15 +181,15 @@ class DuplicateJsonKeysMiddleware:
             return
         except ValueError:
             pass  # not JSON: the route's own parser answers with its 400
-        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+        await self.app(scope, replayed, send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
     pending = list(messages)
 
-    async def replay() -> Message:
+    async def next_message() -> Message:
         if pending:
             return pending.pop(0)
         return await receive()
 
-    return replay
+    return next_message

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +15,9 @@ from sqlalchemy.orm import Session
 
 from service.core.pagination import CursorPosition, keyset_page
 from service.models import DeletionRequest, Model, ModelVersion
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 
 @dataclass(frozen=True)
@@ -95,18 +99,24 @@ def supports_single_statement_insert(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _policy_statement(
+    values: dict[str, Any], model: str | None, auto_approver: str, default_sla_days: int
+) -> tuple[bool, dict[str, Any]]:
+    """(over every model?, parameters) of the one-statement insert."""
+    params = values | {"auto_approver": auto_approver}
+    if model is None:
+        return True, params | {"default_sla_days": default_sla_days}
+    return False, params | {"model": model}
+
+
 def insert_with_policy(
     session: Session, values: dict[str, Any], *, model: str | None, auto_approver: str, default_sla_days: int
 ) -> dict[str, Any] | None:
     """PostgreSQL only. Insert a request whose status, due date and approval come from the
     model's policy (``model`` None: the policy over every model, see the service docstring).
     ``None`` when nothing was inserted: the model is unknown or a unique key is taken."""
-    params = values | {"auto_approver": auto_approver}
-    if model is None:
-        stmt, params = _FAST_ALL, params | {"default_sla_days": default_sla_days}
-    else:
-        stmt, params = _FAST_ONE, params | {"model": model}
-    row = session.connection().execute(stmt, params).mappings().first()
+    every, params = _policy_statement(values, model, auto_approver, default_sla_days)
+    row = session.connection().execute(_FAST_ALL if every else _FAST_ONE, params).mappings().first()
     return None if row is None else dict(row)
 
 
@@ -115,14 +125,33 @@ def insert_with_policy_autocommit(
 ) -> dict[str, Any] | None:
     """:func:`insert_with_policy` as a transaction of its own (PostgreSQL autocommit): one
     round trip, durable when it returns (the server's synchronous_commit applies)."""
+    every, params = _policy_statement(values, model, auto_approver, default_sla_days)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        params = values | {"auto_approver": auto_approver}
-        if model is None:
-            stmt, params = _FAST_ALL, params | {"default_sla_days": default_sla_days}
-        else:
-            stmt, params = _FAST_ONE, params | {"model": model}
-        row = conn.execute(stmt, params).mappings().first()
+        row = conn.execute(_FAST_ALL if every else _FAST_ONE, params).mappings().first()
         return None if row is None else dict(row)
+
+
+@functools.cache
+def _driver_sql(every: bool) -> str:
+    """The one-statement insert as psycopg's SQL (``%(name)s`` parameters), compiled once."""
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    return str((_FAST_ALL if every else _FAST_ONE).compile(dialect=psycopg.dialect()))
+
+
+_RETURNED = ("model_id", "open_key", "status", "due_at", "approved_by", "approved_at")
+
+
+async def insert_with_policy_on(
+    conn: AsyncConnection, values: dict[str, Any], *, model: str | None, auto_approver: str, default_sla_days: int
+) -> dict[str, Any] | None:
+    """:func:`insert_with_policy_autocommit` on an autocommit psycopg connection of the event
+    loop (no SQLAlchemy, a server-side prepared statement): the same statement, the same result,
+    durable when it returns."""
+    every, params = _policy_statement(values, model, auto_approver, default_sla_days)
+    cur = await conn.execute(_driver_sql(every), params, prepare=True)
+    row = await cur.fetchone()
+    return None if row is None else dict(zip(_RETURNED, row, strict=True))
 
 
 def try_take_open_key(session: Session, request_id: uuid.UUID, open_key: str) -> bool:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -335,8 +336,20 @@ def _create_in_one_statement(
     autocommit_engine: Engine | None,
     client_id: int | None,
 ) -> CreateResult | None:
-    now = utcnow()
-    values: dict[str, Any] = {
+    values = one_statement_values(sk, data, idempotency_key, client_id)
+    if autocommit_engine is not None:
+        got = repo.insert_with_policy_autocommit(autocommit_engine, values, **one_statement_policy(data))
+    else:
+        got = repo.insert_with_policy(session, values, **one_statement_policy(data))
+    return None if got is None else one_statement_result(values, data, got)
+
+
+def one_statement_values(
+    sk: str, data: DeletionRequestCreate, idempotency_key: str | None, client_id: int | None
+) -> dict[str, Any]:
+    """The parameters of the one-statement insert (``repository.insert_with_policy``) of a
+    request; ``idempotency_key`` already scoped to ``client_id``."""
+    return {
         "id": uuid.uuid4(),
         "subject_id": data.subject_id,
         "subject_key": sk,
@@ -345,33 +358,40 @@ def _create_in_one_statement(
         "idempotency_key": idempotency_key,
         "reason": data.reason,
         "source": data.source,
-        "now": now,
+        "now": utcnow(),
     }
-    policy = {"model": data.model, "auto_approver": AUTO_APPROVER, "default_sla_days": DEFAULT_SLA_DAYS}
-    if autocommit_engine is not None:
-        got = repo.insert_with_policy_autocommit(autocommit_engine, values, **policy)
-    else:
-        got = repo.insert_with_policy(session, values, **policy)
-    if got is None:
-        return None
-    row = DeletionRequest(
+
+
+def one_statement_policy(data: DeletionRequestCreate) -> dict[str, Any]:
+    return {"model": data.model, "auto_approver": AUTO_APPROVER, "default_sla_days": DEFAULT_SLA_DAYS}
+
+
+def one_statement_result(values: dict[str, Any], data: DeletionRequestCreate, got: dict[str, Any]) -> CreateResult:
+    """The created request, from the insert's parameters and what it returned (no ORM object:
+    nothing is loaded, and the hot path pays for none)."""
+    row = SimpleNamespace(
         id=values["id"],
         subject_id=data.subject_id,
-        subject_key=sk,
-        model_id=got["model_id"],
-        client_id=client_id,
-        idempotency_key=idempotency_key,
-        open_key=got["open_key"],
+        subject_key=values["subject_key"],
+        client_id=values["client_id"],
         status=got["status"],
         reason=data.reason,
         source=data.source,
-        created_at=now,
+        decision_reason=None,
+        created_at=values["now"],
         due_at=got["due_at"],
         approved_by=got["approved_by"],
         approved_at=got["approved_at"],
+        job_id=None,
+        samples_removed=None,
+        error=None,
         attempts=0,
+        completed_at=None,
+        extended_at=None,
+        extended_by=None,
+        extension_reason=None,
     )
-    return CreateResult(to_read(row, data.model, None, now), "created")
+    return CreateResult(to_read(row, data.model, None, values["now"]), "created")  # type: ignore[arg-type]
 
 
 def _read_row(session: Session, row: DeletionRequest) -> DeletionRequestRead:

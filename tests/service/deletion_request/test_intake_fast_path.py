@@ -1,0 +1,174 @@
+"""The intake fast path (service/deletion_request/intake.py) on the real engine: it answers a
+create exactly as the route does, and leaves everything else to the route."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import func, select
+
+from service.deletion_request import repository, router
+from service.main import create_app
+from service.models import DeletionRequest, WebhookEvent
+
+URL = "/v1/deletion-requests"
+
+
+@pytest.fixture
+def paths(monkeypatch) -> dict[str, int]:
+    """How many creates each path wrote: ``fast`` (the event-loop insert created a row) and
+    ``route`` (the route's one worker-thread transaction ran)."""
+    seen = {"fast": 0, "route": 0}
+    fast, route = repository.insert_with_policy_on, router._create_in_one_transaction
+
+    async def counting_fast(*args, **kwargs):
+        got = await fast(*args, **kwargs)
+        seen["fast"] += got is not None
+        return got
+
+    def counting_route(*args, **kwargs):
+        seen["route"] += 1
+        return route(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "insert_with_policy_on", counting_fast)
+    monkeypatch.setattr(router, "_create_in_one_transaction", counting_route)
+    return seen
+
+
+def _post(app, role="requester", key=None, headers=None, **body):
+    h = app.auth(role) | ({"Idempotency-Key": key} if key else {}) | (headers or {})
+    return app.post(URL, json=body, headers=h)
+
+
+def _count(app) -> int:
+    with app.app.state.session_factory() as s:
+        return s.scalar(select(func.count()).select_from(DeletionRequest))
+
+
+def _shape(value):
+    """A value with its digits (hex digits too) blanked: the same format, whatever the instant or id."""
+    return re.sub(r"[0-9a-f]", "0", value) if isinstance(value, str) else type(value).__name__
+
+
+def test_a_cached_token_is_answered_on_the_fast_path_exactly_as_the_route_answers(committed_app, committed_model, paths):
+    committed_model(committed_app.app, "m1", sla_days=12)
+    by_route = _post(committed_app, key="k1", subject_id="fp-1", model="m1", reason="asked", source="app")
+    assert paths == {"fast": 0, "route": 1}  # the token was not cached yet: the route looked it up
+    by_fast = _post(committed_app, key="k2", subject_id="fp-2", model="m1", reason="asked", source="app")
+    assert paths == {"fast": 1, "route": 1}
+
+    for r in (by_route, by_fast):
+        assert r.status_code == 202, r.text
+        assert r.headers["location"] == f"{URL}/{r.json()['id']}"
+        assert r.headers["lethe-outcome"] == "created"
+        assert r.headers["content-type"] == "application/json"
+    a, b = by_route.json(), by_fast.json()
+    assert list(a) == list(b)
+    differ = {"id", "subject_id", "subject_key", "created_at", "due_at", "approved_at", "days_left"}
+    assert {k: v for k, v in a.items() if k not in differ} == {k: v for k, v in b.items() if k not in differ}
+    assert {k: _shape(a[k]) for k in differ} == {k: _shape(b[k]) for k in differ}
+    assert b["subject_id"] == "fp-2" and b["status"] == "queued" and b["approved_by"] == "policy:auto_approve"
+
+    # Committed, with its webhook event, and read back as created.
+    with committed_app.app.state.session_factory() as s:
+        row = s.get(DeletionRequest, uuid.UUID(b["id"]))
+        assert row is not None and row.subject_id == "fp-2" and row.idempotency_key.endswith(":k2")
+        events = s.scalars(select(WebhookEvent).where(WebhookEvent.data["request_id"].as_string() == b["id"])).all()
+        assert [(e.type, e.data["status"]) for e in events] == [("request.status_changed", "queued")]
+    got = committed_app.get(by_fast.headers["location"], headers=committed_app.auth("requester"))
+    assert got.json() == b | {"days_left": got.json()["days_left"]}
+
+    # A replay of the fast path's create: the insert creates nothing, the route answers it.
+    again = _post(committed_app, key="k2", subject_id="fp-2", model="m1", reason="asked", source="app")
+    assert again.status_code == 200 and again.headers["lethe-outcome"] == "replayed" and again.json()["id"] == b["id"]
+    assert paths == {"fast": 1, "route": 2} and _count(committed_app) == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "headers", "body", "status"),
+    [
+        ("operator", {}, {"subject_id": "s", "model": "m1"}, 403),  # a cached token whose role may not file
+        ("auditor", {}, {"subject_id": "s", "model": "m1"}, 403),
+        ("requester", {}, {"model": "m1"}, 422),  # the body does not validate
+        ("requester", {}, {"subject_id": "s", "model": "m1", "extra": 1}, 422),
+        ("requester", {}, {"subject_id": "  ", "model": "m1"}, 422),
+        ("requester", {"Idempotency-Key": "x" * 201}, {"subject_id": "s", "model": "m1"}, 422),
+        ("requester", {}, {"subject_id": "s", "model": "nope"}, 404),  # the insert creates nothing
+        ("requester", {"Authorization": "Token abc"}, {"subject_id": "s", "model": "m1"}, 401),
+    ],
+)
+def test_what_the_fast_path_does_not_create_the_route_answers(committed_app, committed_model, paths, role, headers, body,
+                                                              status):
+    committed_model(committed_app.app, "m1")
+    for who in ("requester", "operator", "auditor"):  # every token is in the cache from here on
+        assert committed_app.get(URL, headers=committed_app.auth(who)).status_code == 200
+    r = _post(committed_app, role=role, headers=headers, **body)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert paths["fast"] == 0 and _count(committed_app) == 0
+
+
+def test_a_body_not_declared_json_is_the_routes_415(committed_app, committed_model, paths):
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202
+    r = committed_app.post(URL, content=b'{"subject_id": "s", "model": "m1"}',
+                           headers=committed_app.auth("requester") | {"Content-Type": "text/plain"})
+    assert r.status_code == 415 and _count(committed_app) == 1
+
+
+def test_a_merge_is_the_routes_200(committed_app, committed_model, paths):
+    committed_model(committed_app.app, "m1")
+    first = _post(committed_app, subject_id="dup", model="m1")
+    second = _post(committed_app, subject_id="dup", model="m1")
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert second.headers["lethe-outcome"] == "merged" and second.json()["id"] == first.json()["id"]
+    assert _count(committed_app) == 1
+
+
+def test_a_database_error_on_the_fast_path_leaves_the_create_to_the_route(committed_app, committed_model, paths,
+                                                                          monkeypatch):
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202
+
+    async def broken(*args, **kwargs):
+        raise psycopg.OperationalError("connection lost")
+
+    monkeypatch.setattr(repository, "insert_with_policy_on", broken)
+    r = _post(committed_app, key="kx", subject_id="after-error", model="m1")
+    assert r.status_code == 202 and r.headers["lethe-outcome"] == "created"
+    assert paths["route"] == 2 and _count(committed_app) == 2
+
+
+def test_switched_off_every_create_takes_the_route(engine, settings, committed_model, paths):
+    from tests.conftest import ApiClient, _tokens, truncate_all  # noqa: PLC0415
+
+    off = settings.model_copy(update={"api": settings.api.model_copy(update={"intake_fast_path": False})})
+    truncate_all(engine)
+    app = create_app(off)
+    try:
+        with ApiClient(app) as c:
+            assert app.state.intake_pool is None
+            with app.state.session_factory.begin() as s:
+                c.tokens = _tokens(s)
+            committed_model(app, "m1")
+            for i in range(3):
+                assert _post(c, subject_id=f"off-{i}", model="m1").status_code == 202
+            assert paths == {"fast": 0, "route": 3}
+    finally:
+        truncate_all(engine)
+
+
+def test_a_request_for_every_model_takes_the_strictest_policy_on_the_fast_path_too(committed_app, committed_model, paths):
+    committed_model(committed_app.app, "auto", auto_approve=True, sla_days=40)
+    committed_model(committed_app.app, "manual", auto_approve=False, sla_days=7)
+    by_route = _post(committed_app, subject_id="all-1")
+    by_fast = _post(committed_app, subject_id="all-2")
+    assert paths == {"fast": 1, "route": 1}
+    for r in (by_route, by_fast):
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["model"] is None and body["status"] == "awaiting_approval" and body["approved_by"] is None
+        assert 6.99 < body["days_left"] <= 7
