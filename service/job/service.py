@@ -33,10 +33,11 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.errors import Conflict, IllegalTransition, NotFound, ValidationFailed
+from service.core.errors import Conflict, IllegalTransition, NotFound
 from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
-from service.deletion_request.service import close_request, open_for_subject_keys
+from service.deletion_request.service import close_request, mark_class_requests, open_for_subject_keys
 from service.job import repository as repo
+from service.model_registry import classes
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
@@ -49,7 +50,6 @@ from service.models import (
 )
 from service.models._types import utcnow
 from service.webhook import events
-from workers.unlearning.methods import config_classes  # torch-free: the configs only
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
@@ -78,8 +78,7 @@ class ClassNotForgettable(Conflict):
     type, title = "class-not-forgettable", "This class cannot be forgotten now"
 
 
-class NoClassForgetting(ValidationFailed):
-    type, title = "no-class-forgetting", "The model's method cannot forget a class"
+NoClassForgetting = classes.NoClassKind  # 422 no-class-forgetting (one definition, with the mapping upload's)
 
 
 class NothingToRetry(Conflict):
@@ -232,6 +231,12 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
         config: dict[str, Any] = {"trigger": "run-now" if forced else "batch"}
         if core:
             config.update(reason=RETRAIN_REASON, core_subjects=len(core))
+        if model.subjects_are_classes:
+            # class requests batch like sample requests: several classes in one job
+            by_key = classes.labels_of(session, model_id, [r.subject_key for r in reqs])
+            if by_key:
+                config["classes"] = sorted(set(by_key.values()))
+                mark_class_requests(reqs, set(by_key))
         try:
             jobs.append(create_job(session, settings, model, kind, actor=SYSTEM, request_ids=[r.id for r in reqs], config=config))
         except ActiveJobExists:
@@ -271,8 +276,7 @@ def forget_class(session: Session, settings: Settings, model: Model, label: int,
     or is already forgotten), when a subject of it holds samples of another label (a class
     subject owns its class only), or when fewer than two classes would remain; 409 for an
     active job or an open request of one of its subjects. Nothing is written then."""
-    cfg_cls = config_classes().get(model.method)
-    if cfg_cls is None or "class" not in cfg_cls.kinds:
+    if not classes.serves_classes(model):
         raise NoClassForgetting(f"model '{model.name}' uses {model.method!r}, which forgets samples, not classes")
     existing = repo.active_job(session, model.id)
     if existing is not None:
@@ -285,9 +289,9 @@ def forget_class(session: Session, settings: Settings, model: Model, label: int,
                                   "only when its subjects are the class (file deletion requests for samples instead)")
     if others < 2:
         raise ClassNotForgettable(f"forgetting class {label} would leave {others} class(es); at least two must remain")
-    request_ids = open_for_subject_keys(session, model, owners, reason=reason, source=f"class:{label}", actor=actor)
+    request_ids = open_for_subject_keys(session, model, owners, reason=reason, source=f"class:{label}", actor=actor, kind="class")
     job = create_job(session, settings, model, JobKind.forget, actor=actor, request_ids=request_ids,
-                     config={"reason": reason, "class_label": label})
+                     config={"reason": reason, "class_label": label, "classes": [label]})
     append_event(session, actor=actor, kind="class.forget", payload={"model": model.name, "label": label, "subjects": len(owners),
                                                                      "job_id": str(job.id), "reason": reason})
     return job
