@@ -198,8 +198,9 @@ def ingest(
     """
     keys = [subject_key(secret, s) for s in upload.subject_ids]
     unique = sorted(set(keys))
-    stones = repo.tombstones(session, model.id, unique)
     renewed = _aware(consent_renewed_at)
+    class_stones = classes.guard_upload(session, model, keys, upload.labels.tolist(), renewed)  # the more specific refusal first
+    stones = repo.tombstones(session, model.id, unique)
     for key, deleted_at in stones:
         if renewed is None or renewed <= _aware(deleted_at):
             raise SubjectTombstoned(
@@ -208,7 +209,6 @@ def ingest(
                 row=keys.index(key),
                 deleted_at=_aware(deleted_at).isoformat(),
             )
-    class_stones = classes.guard_upload(session, model, keys, upload.labels.tolist(), renewed)
     pending = repo.open_request_subject(session, model.id, unique)
     if pending is not None:
         raise SubjectHasOpenRequest(
