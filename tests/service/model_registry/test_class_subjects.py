@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from registry_support import problem
 from sqlalchemy import func, select
 
 from service.core.security import subject_key
@@ -59,16 +60,6 @@ def _state(db):
             db.scalar(select(func.count()).select_from(DeletionRequest)))
 
 
-def _problem(r, status, kind, *words):
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["type"].endswith(kind), body
-    for w in words:
-        assert w in body["detail"], (w, body["detail"])
-    return body
-
-
 def test_registration_stores_the_flag_and_refuses_it_for_a_samples_method(client, db):
     body = _register(client)
     assert body["subjects_are_classes"] is True and body["classes_mapped"] == 0 and body["forgotten_classes"] == []
@@ -106,22 +97,22 @@ def test_the_mapping_is_stored_as_subject_keys_and_a_re_upload_is_idempotent(cli
 ])
 def test_a_bad_mapping_is_a_problem_and_writes_nothing(client, db, faces, pairs, status, kind, words):
     before = _state(db)
-    _problem(_map(client, pairs), status, kind, *words)
+    problem(_map(client, pairs), status, kind, *words)
     assert _state(db) == before
 
 
 def test_a_mapping_conflicting_with_a_stored_one_writes_nothing(client, db, faces):
     assert _map(client, [(0, "person-0")]).status_code == 201
     before = _state(db)
-    _problem(_map(client, [(1, "person-1"), (0, "person-9")]), 409, "class-mapping-conflict", "label 0", "already mapped")
-    _problem(_map(client, [(1, "person-1"), (2, "person-0")]), 409, "class-mapping-conflict", "already mapped to label 0")
+    problem(_map(client, [(1, "person-1"), (0, "person-9")]), 409, "class-mapping-conflict", "label 0", "already mapped")
+    problem(_map(client, [(1, "person-1"), (2, "person-0")]), 409, "class-mapping-conflict", "already mapped to label 0")
     assert _state(db) == before
 
 
 def test_a_subject_holding_another_label_cannot_be_a_class(client, db, faces):
     assert _ingest(client, [{"subject_id": "person-3", "split": "user", "label": 1, "x": [0.0] * D}]).status_code == 201
     before = _state(db)
-    _problem(_map(client, [(3, "person-3")]), 409, "class-subject-mismatch", "other labels")
+    problem(_map(client, [(3, "person-3")]), 409, "class-subject-mismatch", "other labels")
     assert _state(db) == before
 
 
@@ -129,7 +120,7 @@ def test_models_and_bodies_the_mapping_refuses(client, db, faces):
     _register(client, "plain", subjects_are_classes=False)
     assert _ingest(client, _rows({0: "a", 1: "b"}), name="plain").status_code == 201
     before = _state(db)
-    _problem(_map(client, [(0, "a")], name="plain"), 409, "subjects-not-classes", "subjects_are_classes")
+    problem(_map(client, [(0, "a")], name="plain"), 409, "subjects-not-classes", "subjects_are_classes")
     assert _map(client, [(0, "person-0")], name="nobody").status_code == 404
     assert _map(client, [(0, "person-0")], role="operator").status_code == 403
     for body in ({"classes": []}, {"classes": [{"label": 0}]}, {"classes": [{"label": -1, "subject_id": "x"}]},
@@ -161,9 +152,9 @@ def test_a_request_for_a_mapped_subject_is_a_class_request_and_the_scheduler_bat
 def test_a_mapped_class_refuses_rows_that_would_break_it(client, db, faces):
     assert _map(client, [(1, "person-1")]).status_code == 201
     before = _state(db)
-    _problem(_ingest(client, [{"subject_id": "stranger", "split": "user", "label": 1, "x": [0.0] * D}]), 409,
+    problem(_ingest(client, [{"subject_id": "stranger", "split": "user", "label": 1, "x": [0.0] * D}]), 409,
              "class-subject-mismatch", "class 1")
-    _problem(_ingest(client, [{"subject_id": "person-1", "split": "eval", "label": 0, "x": [0.0] * D}]), 409,
+    problem(_ingest(client, [{"subject_id": "person-1", "split": "eval", "label": 0, "x": [0.0] * D}]), 409,
              "class-subject-mismatch", "class 1")
     assert _state(db) == before
     assert _ingest(client, [{"subject_id": "person-1", "split": "eval", "label": 1, "x": [0.0] * D}]).status_code == 201
@@ -179,12 +170,12 @@ def test_a_forgotten_class_refuses_new_samples_until_its_subject_renews_consent(
     assert client.get("/v1/models/faces", headers=client.auth("operator")).json()["forgotten_classes"] == [2]
     row = [{"subject_id": "person-2", "split": "user", "label": 2, "x": [2.0] * D}]
     before = _state(db)
-    body = _problem(_ingest(client, [{"subject_id": "person-0", "split": "user", "label": 0, "x": [0.0] * D}] + row), 409,
+    body = problem(_ingest(client, [{"subject_id": "person-0", "split": "user", "label": 0, "x": [0.0] * D}] + row), 409,
                     "class-deleted", "class 2", "consent_renewed_at")
     assert body["row"] == 1 and body["label"] == 2
-    _problem(_ingest(client, row, consent_renewed_at=(deleted - timedelta(minutes=1)).isoformat()), 409, "class-deleted")
+    problem(_ingest(client, row, consent_renewed_at=(deleted - timedelta(minutes=1)).isoformat()), 409, "class-deleted")
     stranger = [{"subject_id": "stranger", "split": "user", "label": 2, "x": [2.0] * D}]
-    _problem(_ingest(client, row + stranger, consent_renewed_at=utcnow().isoformat()), 409, "class-deleted")  # the class's subject only
+    problem(_ingest(client, row + stranger, consent_renewed_at=utcnow().isoformat()), 409, "class-deleted")  # the class's subject only
     assert _state(db) == before
     ok = _ingest(client, row, consent_renewed_at=(utcnow() - timedelta(seconds=1)).isoformat())
     assert ok.status_code == 201, ok.text
