@@ -261,6 +261,7 @@ def test_request_actions_bulk_deny_cancel_retry_and_timeline(client, db):
     kinds = re.findall(r"<strong>([\w.]+)</strong>", detail)
     assert kinds[0] == "created" and any("approve" in k for k in kinds[1:])
     assert "token:" in detail and "test-operator" in detail  # who approved
+    assert '<dd id="kind">samples</dd>' in detail  # a class subject's request reads "class" (issue 14)
     # buttons follow the status: a queued request can be cancelled, not approved again
     assert "/cancel" in detail and f"/requests/{reqs[0].id}/approve" not in detail
     illegal = client.post(f"/admin/requests/{reqs[0].id}/approve", data={"csrf": csrf})
