@@ -303,7 +303,8 @@ def _masked(bound: dict[str, Any] | None) -> list[int]:
 def etag_of(version_id: int, sha256: str, state: str, alias_mask: int, checkpoint_id: int | None) -> str:
     """Strong ETag of a manifest. Everything in a manifest is immutable except its state, the
     aliases pointing at the version and the latest audit checkpoint it carries, so those are
-    part of the tag (a checkpoint is identified by its row id: a re-signature after a key
+    part of the tag (``masked_classes`` comes from the version's bound, written once at publish:
+    the version id covers it) (a checkpoint is identified by its row id: a re-signature after a key
     rotation covers the same seq)."""
     return f'"v{version_id}-{sha256[:16]}-{state}-a{int(alias_mask)}-c{int(checkpoint_id or 0)}"'
 
