@@ -213,6 +213,18 @@ def test_requests_filters_and_search(client, db):
     assert client.get("/admin/requests?model=nope").status_code == 404
 
 
+def test_a_held_request_is_marked_with_its_reason(client, db):
+    """Issue 14: a class request the scheduler holds stays queued; the list marks it, the page says why."""
+    m, reqs = _seed(db, _secret(client))
+    reason = "held: class 1: forgetting this class would leave fewer than two classes: retire the model"
+    reqs[4].status, reqs[4].error = "queued", reason
+    db.flush()
+    _signed_in(client, "operator")
+    listed = client.get("/admin/requests?model=faces").text
+    assert 'class="pill red" title="' + reason + '">held</span>' in listed and listed.count(">held</span>") == 1
+    assert reason in client.get(f"/admin/requests/{reqs[4].id}").text
+
+
 def test_due_before_filter_reaches_past_the_first_page(client, db):
     m, _ = _seed(db, _secret(client))
     now = utcnow()

@@ -146,7 +146,10 @@ def test_a_request_for_a_mapped_subject_is_a_class_request_and_the_scheduler_bat
     assert {i["kind"] for i in rid} == {"class", "samples"}
     jobs = job_service.schedule(db, settings, force_model_id=faces.id)
     assert len(jobs) == 1 and jobs[0].model_id == faces.id
-    assert jobs[0].config["classes"] == [1, 2] and len(jobs[0].config["request_ids"]) == 4
+    # the class requests go together; the sample request (person-3) never shares their batch
+    assert jobs[0].config["classes"] == [1, 2] and len(jobs[0].config["request_ids"]) == 3
+    left = [i for i in client.get("/v1/deletion-requests", params={"status": "queued"}, headers=client.auth("operator")).json()["items"]]
+    assert [(i["kind"], i["model"]) for i in left] == [("samples", "faces")] and left[0]["error"] is None
 
 
 def test_a_mapped_class_refuses_rows_that_would_break_it(client, db, faces):
