@@ -19,7 +19,9 @@ step calls the model's method through the registry's interface
 (prepare on the ``core`` split, train on ``user``), ``forget`` (from the parent's PRIVATE state),
 ``zero`` and ``retrain`` (where the method's family has them). A forget that fails its gates
 (§6.6) first runs the method's tighter settings, then falls back to zero + retrain; the
-checkpoint, the version's bound and the audit event record why.
+checkpoint, the version's bound and the audit event record why. A sample batch on a method that
+forgets whole classes only (no ``samples`` kind), whose samples it cannot project away, runs the
+family's retrain without the subjects at the solve step, recorded the same way (``bound.fallback``).
 
 Files are content-addressed and written atomically (temp file, fsync, rename); the private
 artifacts (the method's ``private_artifacts``: noise-free weights, Gram sums, ...) are the start
