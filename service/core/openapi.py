@@ -110,6 +110,16 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     ("/opendsr/requests/{subject_request_id}", "get"): {401: {}, 403: {}, 503: {}},
     ("/opendsr/requests/{subject_request_id}", "delete"): {401: {}, 403: {}, 409: {}, 503: {}},
     ("/opendsr/cert.pem", "get"): {503: {}},
+    ("/v1/models/{name}/class-subjects", "post"): {
+        409: {"description": "The model was not registered with subjects_are_classes; a label or subject is mapped twice "
+                             "or already mapped otherwise; or a class's samples are not all its subject's"},
+        422: {"description": "A label outside the model's classes or without training samples, the method cannot forget "
+                             "a class, or the body is invalid"},
+    },
+    ("/v1/models/{name}/samples", "post"): {
+        409: {"description": "A subject or class was deleted from the model (no renewed consent), a subject has an open "
+                             "deletion request, or a row breaks a mapped class (subjects_are_classes)"},
+    },
     ("/v1/models/{name}/classes/{label}/forget", "post"): {
         409: {"description": "An active job; or the label has no training sample (never existed or already forgotten), "
                              "its subjects hold other classes too, fewer than two classes would remain, or one of them has an open request"},

@@ -61,22 +61,26 @@ def try_insert(session: Session, values: dict[str, Any]) -> bool:
 # DO NOTHING waits for a concurrent insert of the same key to commit or abort, exactly as a
 # plain INSERT in a SAVEPOINT would, so the database still settles every race. The same
 # statement writes the request's webhook event (the outbox row), so intake stays one round trip
-# with one extra row.
+# with one extra row. The request's kind (``class`` when the subject is a class of the model, or
+# of any model for a request covering every model) is an indexed EXISTS in the same statement.
 _FAST_INSERT = """
 WITH ins AS (
 INSERT INTO deletion_requests (id, subject_id, subject_key, model_id, client_id, idempotency_key, open_key, status,
-    reason, source, created_at, due_at, approved_by, approved_at, attempts, updated_at)
+    reason, source, kind, created_at, due_at, approved_by, approved_at, attempts, updated_at)
 SELECT CAST(:id AS uuid), CAST(:subject_id AS text), CAST(:subject_key AS text), p.id, CAST(:client_id AS integer),
     CAST(:idempotency_key AS text),
     CAST(:subject_key AS text) || ':' || coalesce(p.id::text, '*') || CAST(:open_suffix AS text),
     CASE WHEN p.auto_approve THEN 'queued' ELSE 'awaiting_approval' END,
-    CAST(:reason AS text), CAST(:source AS text), CAST(:now AS timestamptz),
+    CAST(:reason AS text), CAST(:source AS text),
+    CASE WHEN EXISTS (SELECT 1 FROM class_subjects c WHERE c.subject_key = CAST(:subject_key AS text)
+        AND (p.id IS NULL OR c.model_id = p.id)) THEN 'class' ELSE 'samples' END,
+    CAST(:now AS timestamptz),
     CAST(:now AS timestamptz) + make_interval(days => p.sla_days),
     CASE WHEN p.auto_approve THEN CAST(:auto_approver AS text) END,
     CASE WHEN p.auto_approve THEN CAST(:now AS timestamptz) END, 0, CAST(:now AS timestamptz)
 FROM {policy} AS p
 ON CONFLICT DO NOTHING
-RETURNING id, subject_key, client_id, model_id, open_key, status, due_at, approved_by, approved_at
+RETURNING id, subject_key, client_id, model_id, open_key, status, kind, due_at, approved_by, approved_at
 ), event AS (
 INSERT INTO webhook_events (type, client_id, data, created_at)
 SELECT 'request.status_changed', client_id, jsonb_build_object('request_id', id::text, 'subject_key', subject_key,
@@ -84,7 +88,7 @@ SELECT 'request.status_changed', client_id, jsonb_build_object('request_id', id:
     'due_at', to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')), CAST(:now AS timestamptz)
 FROM ins
 )
-SELECT model_id, open_key, status, due_at, approved_by, approved_at FROM ins
+SELECT model_id, open_key, status, kind, due_at, approved_by, approved_at FROM ins
 """
 _ONE_MODEL = "(SELECT id, auto_approve, sla_days FROM models WHERE name = :model)"
 _ALL_MODELS = (
@@ -139,9 +143,6 @@ def _driver_sql(every: bool) -> str:
     return str((_FAST_ALL if every else _FAST_ONE).compile(dialect=psycopg.dialect()))
 
 
-_RETURNED = ("model_id", "open_key", "status", "due_at", "approved_by", "approved_at")
-
-
 async def insert_with_policy_on(
     conn: AsyncConnection, values: dict[str, Any], *, model: str | None, auto_approver: str, default_sla_days: int
 ) -> dict[str, Any] | None:
@@ -151,7 +152,7 @@ async def insert_with_policy_on(
     every, params = _policy_statement(values, model, auto_approver, default_sla_days)
     cur = await conn.execute(_driver_sql(every), params, prepare=True)
     row = await cur.fetchone()
-    return None if row is None else dict(zip(_RETURNED, row, strict=True))
+    return None if row is None else dict(zip([c.name for c in cur.description], row, strict=True))
 
 
 def try_take_open_key(session: Session, request_id: uuid.UUID, open_key: str) -> bool:

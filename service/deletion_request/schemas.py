@@ -58,6 +58,10 @@ class DeletionRequestRead(BaseModel):
     status: RequestStatus
     reason: str | None
     source: str | None
+    kind: str = Field("samples", description="samples | class: the subject is a class of the model (subjects_are_classes), "
+                      "so the request forgets the whole class")
+    forgotten_classes: list[dict] = Field(default_factory=list, description='[{"model", "label", "version"}]: the classes this '
+                                          "request made a model forget, and the first version that no longer knows them")
     decision_reason: str | None
     created_at: datetime
     due_at: datetime

@@ -60,6 +60,7 @@ from service.core.security import subject_key as make_subject_key
 from service.deletion_request import repository as repo
 from service.deletion_request.schemas import DeletionRequestCreate, DeletionRequestPage, DeletionRequestRead
 from service.job import repository as job_repo
+from service.model_registry.classes import is_class_subject
 from service.models import OPEN_REQUEST_STATUSES, DeletionRequest, Model, RequestStatus
 from service.models._types import utcnow
 from service.webhook import events
@@ -130,6 +131,8 @@ def to_read(
         status=RequestStatus(row.status),
         reason=row.reason,
         source=row.source,
+        kind=row.kind or "samples",
+        forgotten_classes=list(row.forgotten_classes or []),
         decision_reason=row.decision_reason,
         created_at=_utc(row.created_at),
         due_at=due_at,
@@ -272,6 +275,7 @@ def create_request(
         "status": status.value,
         "reason": data.reason,
         "source": data.source,
+        "kind": "class" if is_class_subject(session, sk, model_id) else "samples",
         "created_at": now,
         "due_at": now + timedelta(days=sla_days),
         "approved_by": AUTO_APPROVER if auto else None,
@@ -303,7 +307,7 @@ def create_request(
 
 
 def open_for_subject_keys(session: Session, model: Model, subject_keys: list[str], *, reason: str, source: str,
-                          actor: str) -> list[uuid.UUID]:
+                          actor: str, kind: str = "samples") -> list[uuid.UUID]:
     """Requests an operator files by subject key (no raw id is known: the subjects who are a
     class of the model), approved by that operator and due now. Raises
     :class:`OpenRequestExists` (nothing written) when one of them already has an open request
@@ -317,7 +321,7 @@ def open_for_subject_keys(session: Session, model: Model, subject_keys: list[str
             raise OpenRequestExists(f"a subject of this class already has an open deletion request for model '{model.name}'",
                                     existing_request_id=str(existing.id))
         rows.append(DeletionRequest(id=uuid.uuid4(), subject_id=None, subject_key=sk, model_id=model.id, open_key=open_key,
-                                    status=RequestStatus.queued.value, reason=reason, source=source, created_at=now, due_at=now,
+                                    status=RequestStatus.queued.value, reason=reason, source=source, kind=kind, created_at=now, due_at=now,
                                     approved_by=actor, approved_at=now, attempts=0, updated_at=now))
     session.add_all(rows)
     session.flush()
@@ -326,6 +330,14 @@ def open_for_subject_keys(session: Session, model: Model, subject_keys: list[str
                      payload={"request_id": str(row.id), "model": model.name, "source": source})
         events.request_changed(session, row, None, now=now)  # webhook subscribers learn of it like any request
     return [row.id for row in rows]
+
+
+def mark_class_requests(requests: list[DeletionRequest], class_keys: set[str]) -> None:
+    """The scheduler found these requests' subjects to be classes of the model it batches them
+    for (the mapping may be newer than the request, or the request covers every model)."""
+    for req in requests:
+        if req.subject_key in class_keys:
+            req.kind = "class"
 
 
 def _create_in_one_statement(
@@ -378,6 +390,7 @@ def one_statement_result(values: dict[str, Any], data: DeletionRequestCreate, go
         reason=data.reason,
         source=data.source,
         decision_reason=None,
+        kind=got["kind"],
         created_at=values["now"],
         due_at=got["due_at"],
         approved_by=got["approved_by"],

@@ -144,6 +144,16 @@ def count_queued_for_model(session: Session, model_id: int) -> int:
     ).scalar_one()
 
 
+def count_held_for_model(session: Session, model_id: int, prefix: str) -> int:
+    """Queued requests the scheduler holds (``error`` starts with ``prefix``) for the model."""
+    return session.execute(
+        select(func.count()).select_from(DeletionRequest).where(
+            DeletionRequest.status == RequestStatus.queued.value, DeletionRequest.error.startswith(prefix, autoescape=True),
+            or_(DeletionRequest.model_id == model_id, DeletionRequest.model_id.is_(None)),
+        )
+    ).scalar_one()
+
+
 def newest_live_version(session: Session, model_id: int) -> ModelVersion | None:
     return session.execute(
         select(ModelVersion)
@@ -190,6 +200,12 @@ def label_owners(session: Session, model_id: int, label: int) -> tuple[list[str]
     others = session.scalar(select(func.count(func.distinct(Sample.label))).where(
         Sample.model_id == model_id, Sample.split == Split.user.value, Sample.label != label))
     return owners, sorted(mixed), int(others or 0)
+
+
+def user_labels(session: Session, model_id: int) -> set[int]:
+    """The labels the model's ``user`` split still holds (the classes a class request can leave)."""
+    return {int(v) for v in session.scalars(select(Sample.label).distinct().where(
+        Sample.model_id == model_id, Sample.split == Split.user.value))}
 
 
 def subject_holdings(session: Session, model_id: int, keys: Sequence[str]) -> dict[str, dict]:

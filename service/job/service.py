@@ -33,10 +33,11 @@ from sqlalchemy.orm import Session
 
 from service.audit.service import append_event
 from service.core.config import Settings
-from service.core.errors import Conflict, IllegalTransition, NotFound, ValidationFailed
+from service.core.errors import Conflict, IllegalTransition, NotFound
 from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
-from service.deletion_request.service import close_request, open_for_subject_keys
+from service.deletion_request.service import close_request, mark_class_requests, open_for_subject_keys
 from service.job import repository as repo
+from service.model_registry import classes
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
@@ -49,12 +50,13 @@ from service.models import (
 )
 from service.models._types import utcnow
 from service.webhook import events
-from workers.unlearning.methods import config_classes  # torch-free: the configs only
 
 TASK_RUN_JOB = "job.run"
 TASK_PURGE = "pipeline.purge"
 SYSTEM = "system:scheduler"
 WORKER = "system:worker"
+HOLD_PREFIX = "held:"
+HOLD_REASON = HOLD_PREFIX + " class {label}: forgetting this class would leave fewer than two classes: retire the model"
 RETRAIN_REASON = "subjects have core samples: Newton forgetting cannot remove them, so the core network and user weights are retrained without them"
 
 
@@ -78,8 +80,7 @@ class ClassNotForgettable(Conflict):
     type, title = "class-not-forgettable", "This class cannot be forgotten now"
 
 
-class NoClassForgetting(ValidationFailed):
-    type, title = "no-class-forgetting", "The model's method cannot forget a class"
+NoClassForgetting = classes.NoClassKind  # 422 no-class-forgetting (one definition, with the mapping upload's)
 
 
 class NothingToRetry(Conflict):
@@ -221,10 +222,13 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
         forced = force_model_id == model_id
         if model is None or model_id in busy or (model_id in stopped and not forced):
             continue
-        oldest = min(_aware(r.created_at) for r in reqs)
-        due = forced or len(reqs) >= model.batch_size or now - oldest >= timedelta(seconds=model.batch_window_s)
+        groups = _kinds_apart(session, model, reqs, now) if model.subjects_are_classes and classes.serves_classes(model) else [(reqs, {})]
+        # the first due batch, oldest request first (run now: the oldest)
+        due = [(b, k) for b, k in groups if forced or len(b) >= model.batch_size
+               or now - min(_aware(r.created_at) for r in b) >= timedelta(seconds=model.batch_window_s)]
         if not due:
             continue
+        reqs, by_key = due[0]
         if not forced:
             reqs = reqs[: max(model.batch_size, 1)]
         core = sorted({r.subject_key for r in reqs if held[r.subject_key][model_id].core})
@@ -232,11 +236,67 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
         config: dict[str, Any] = {"trigger": "run-now" if forced else "batch"}
         if core:
             config.update(reason=RETRAIN_REASON, core_subjects=len(core))
+        if by_key:
+            # class requests batch like sample requests: several classes in one job
+            config["classes"] = sorted({by_key[r.subject_key] for r in reqs})
+            mark_class_requests(reqs, set(by_key))
         try:
             jobs.append(create_job(session, settings, model, kind, actor=SYSTEM, request_ids=[r.id for r in reqs], config=config))
         except ActiveJobExists:
             continue
     return jobs
+
+
+def _kinds_apart(session: Session, model: Model, reqs: list[DeletionRequest], now: datetime) -> list[tuple[list[DeletionRequest], dict[str, int]]]:
+    """One kind per job on a model whose subjects are classes: its class requests (the subjects
+    mapped to a label; the method projects them away) and its sample requests (the runner falls
+    back to a retrain where the method cannot forget samples) never share a batch. Returns the
+    non-empty candidate batches, the one with the older request first, each with its class
+    subjects (subject key -> label); the scheduler opens the first that is due, the other waits
+    for a later tick (one active job per model).
+
+    A class request joins its batch only while at least two classes would remain (the labels the
+    ``user`` split holds, less those the newest version masks and the batch's classes: the
+    method's own rule, so a batch the scheduler opens is one the method accepts). The rest stay ``queued`` and are HELD: ``error`` says
+    why (:data:`HOLD_REASON`), and the first time it is set the request is audited and announced
+    (``request.held``). A held request is looked at again every tick and joins a batch (its
+    ``error`` cleared) once enough classes remain, e.g. after a consent renewal brings a class
+    back."""
+    by_key = classes.labels_of(session, model.id, [r.subject_key for r in reqs])
+    class_reqs = [r for r in reqs if r.subject_key in by_key]
+    sample_reqs = [r for r in reqs if r.subject_key not in by_key]
+    labels: set[int] = set()
+    if class_reqs:  # the classes the model can still tell apart: held in ``user``, not masked by the newest version
+        newest = repo.newest_live_version(session, model.id)
+        labels = repo.user_labels(session, model.id) - set(((newest.bound or {}) if newest else {}).get("masked_classes") or [])
+    chosen: set[int] = set()
+    batch: list[DeletionRequest] = []
+    for req in sorted(class_reqs, key=lambda r: (_aware(r.created_at), str(r.id))):
+        label = by_key[req.subject_key]
+        if label in chosen or len(labels - chosen - {label}) >= 2:
+            chosen.add(label)
+            batch.append(req)
+            req.error = None if _held(req) else req.error
+        else:
+            _hold(session, model, req, label, now)
+    groups = [(b, {r.subject_key: by_key[r.subject_key] for r in b if r.subject_key in by_key}) for b in (batch, sample_reqs) if b]
+    return sorted(groups, key=lambda g: min(_aware(r.created_at) for r in g[0]))
+
+
+def _held(req: DeletionRequest) -> bool:
+    return bool(req.error) and req.error.startswith(HOLD_PREFIX)
+
+
+def _hold(session: Session, model: Model, req: DeletionRequest, label: int, now: datetime) -> None:
+    """Hold a class request (status stays ``queued``: it is open, the ingest guard keeps refusing
+    its subject's samples and its due date keeps running); audited and announced once."""
+    if _held(req):
+        return
+    req.error = HOLD_REASON.format(label=label)
+    req.updated_at = now
+    append_event(session, actor=SYSTEM, kind="request.held", subject_key=req.subject_key,
+                 payload={"request_id": str(req.id), "model": model.name, "label": label, "reason": req.error})
+    events.request_held(session, req, model.name, now=now)
 
 
 def forget_now(session: Session, settings: Settings, model: Model, actor: str) -> Job:
@@ -257,6 +317,10 @@ def forget_now(session: Session, settings: Settings, model: Model, actor: str) -
     existing = repo.active_job(session, model.id)
     if existing is not None:  # a concurrent tick opened the model's batch first
         raise _active_conflict(model, existing)
+    held = repo.count_held_for_model(session, model.id, HOLD_PREFIX)
+    if held:  # what is left queued is held (class requests that would leave fewer than two classes)
+        raise NothingToForget(f"Model '{model.name}' has {held} held request(s): forgetting their classes would leave fewer "
+                              "than two classes: retire the model")
     raise NothingToForget(
         f"Model '{model.name}' holds no samples of its queued requests' subjects (they completed at once)"
     )
@@ -271,8 +335,7 @@ def forget_class(session: Session, settings: Settings, model: Model, label: int,
     or is already forgotten), when a subject of it holds samples of another label (a class
     subject owns its class only), or when fewer than two classes would remain; 409 for an
     active job or an open request of one of its subjects. Nothing is written then."""
-    cfg_cls = config_classes().get(model.method)
-    if cfg_cls is None or "class" not in cfg_cls.kinds:
+    if not classes.serves_classes(model):
         raise NoClassForgetting(f"model '{model.name}' uses {model.method!r}, which forgets samples, not classes")
     existing = repo.active_job(session, model.id)
     if existing is not None:
@@ -285,9 +348,9 @@ def forget_class(session: Session, settings: Settings, model: Model, label: int,
                                   "only when its subjects are the class (file deletion requests for samples instead)")
     if others < 2:
         raise ClassNotForgettable(f"forgetting class {label} would leave {others} class(es); at least two must remain")
-    request_ids = open_for_subject_keys(session, model, owners, reason=reason, source=f"class:{label}", actor=actor)
+    request_ids = open_for_subject_keys(session, model, owners, reason=reason, source=f"class:{label}", actor=actor, kind="class")
     job = create_job(session, settings, model, JobKind.forget, actor=actor, request_ids=request_ids,
-                     config={"reason": reason, "class_label": label})
+                     config={"reason": reason, "class_label": label, "classes": [label]})
     append_event(session, actor=actor, kind="class.forget", payload={"model": model.name, "label": label, "subjects": len(owners),
                                                                      "job_id": str(job.id), "reason": reason})
     return job

@@ -19,11 +19,13 @@ from service.core.db import get_session, read_session
 from service.core.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType, ValidationFailed
 from service.client.tokens import Principal, authenticate, cached_principal, require
 from service.core.types import LIMIT_DESCRIPTION, LIMIT_MAX, PastDateTime
-from service.model_registry import service, uploads
+from service.model_registry import classes, service, uploads
 from service.model_registry.manifest_cache import ManifestCache
 from service.model_registry.schemas import (
     AliasesRead,
     AliasMove,
+    ClassSubjectsResult,
+    ClassSubjectsUpload,
     IngestResult,
     ModelCreate,
     ModelPage,
@@ -134,6 +136,26 @@ async def ingest_samples(
         return IngestResult(inserted=n, chunk_id=chunk_id, by_split=by_split)
 
     return await anyio.to_thread.run_sync(work)
+
+
+@router.post("/v1/models/{name}/class-subjects", response_model=ClassSubjectsResult, status_code=201)
+def map_class_subjects(name: str, body: ClassSubjectsUpload, request: Request, session: SessionDep,
+                       who: Principal = Depends(_admin)) -> ClassSubjectsResult:
+    """Say which subject each class is (admin), on a model registered with
+    ``subjects_are_classes: true``: ``{"classes": [{"label", "subject_id"}]}``. Stored as subject
+    keys; a deletion request for such a subject then forgets the whole class (kind ``class``).
+
+    Checked before anything is written: ``409 subjects-not-classes`` (the model was not
+    registered so); ``422 no-class-forgetting`` (its method cannot forget a class); ``422
+    unknown-class-label`` (outside the model's classes, or no training samples carry it:
+    never ingested or already forgotten); ``409 class-mapping-conflict`` (a label or a subject
+    twice, or already mapped otherwise; the same pair again is unchanged); ``409
+    class-subject-mismatch`` (the label has samples of other subjects, or the subject of other
+    labels)."""
+    model = service.get_model(session, name)
+    pairs = [(row.label, row.subject_id) for row in body.classes]
+    new, unchanged, total = classes.map_subjects(session, _secret(request), model, pairs, who.actor)
+    return ClassSubjectsResult(mapped=new, unchanged=unchanged, classes_mapped=total)
 
 
 # ----------------------------------------------------------------------------- versions

@@ -55,11 +55,24 @@ class ModelCreate(BaseModel):
     family: Literal["mixed_linear", "linear_head", "standard"] | None = Field(
         None, validate_default=True,
         description="what the user brings (DESIGN §6.8); must be one the method serves; omitted: the method's only family")
+    subjects_are_classes: bool = Field(
+        False, description="each class is a person (face, speaker, author): a label -> subject mapping "
+        "(POST /v1/models/{name}/class-subjects) makes a deletion request for such a subject forget the whole class; "
+        "the method must serve the request kind 'class' (svd_projection)")
     batch_window_s: int = Field(3600, ge=0, le=INT32_MAX)
     batch_size: int = Field(100, ge=1, le=INT32_MAX)
     auto_approve: bool = True
     auto_promote: bool = True
     sla_days: int = Field(30, ge=1, le=365)
+
+    @field_validator("subjects_are_classes")
+    @classmethod
+    def _class_kind(cls, v: bool, info: ValidationInfo) -> bool:
+        config = info.data.get("method_config")
+        if v and config is not None and "class" not in type(config).kinds:
+            raise ValueError(f"method {config.method!r} forgets samples, not classes (its kinds: {sorted(type(config).kinds)}); "
+                             "subjects_are_classes needs a method of kind 'class'")
+        return v
 
     @field_validator("architecture_config")
     @classmethod
@@ -130,6 +143,9 @@ class ModelRead(BaseModel):
     family: str
     method: str
     method_config: dict[str, Any]
+    subjects_are_classes: bool = False
+    classes_mapped: int = Field(0, description="labels with a subject in the label -> subject mapping")
+    forgotten_classes: list[int] = Field(default_factory=list, description="labels forgotten (tombstoned): new samples carrying them are refused")
     state: str = Field(description="ready | invalid (an uploaded checkpoint failed validation; state_reason says why)")
     state_reason: str | None
     batch_window_s: int
@@ -163,6 +179,28 @@ class SamplesJson(BaseModel):
     consent_renewed_at: PastDateTime | None = Field(None, description="When the subjects renewed their consent; not in the future")
 
 
+class ClassSubjectRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: StrictInt = Field(ge=0, le=INT32_MAX)
+    subject_id: SubjectId
+
+
+class ClassSubjectsUpload(BaseModel):
+    """Body of ``POST /v1/models/{name}/class-subjects``: which subject each class is. Stored as
+    subject keys (HMAC), never the raw ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[ClassSubjectRow] = Field(min_length=1, max_length=100_000)
+
+
+class ClassSubjectsResult(BaseModel):
+    mapped: int = Field(description="new label -> subject pairs stored")
+    unchanged: int = Field(description="pairs already stored exactly so (an idempotent re-upload)")
+    classes_mapped: int = Field(description="labels of the model with a subject now")
+
+
 class IngestResult(BaseModel):
     inserted: int
     chunk_id: int
@@ -187,6 +225,9 @@ class VersionManifest(BaseModel):
     target_scale: float
     metrics: dict[str, Any]
     bound: dict[str, Any]
+    masked_classes: list[int] = Field(
+        default_factory=list, description="classes this version no longer knows: their logits are -inf in the served model "
+        "(forgotten by a class request; fixed per version, so covered by the version's ETag)")
     state: str
     revoked_at: datetime | None
     aliases: list[str]

@@ -17,7 +17,7 @@ from service.core.errors import Conflict, Gone, ModelNotFound, NotFound, Subject
 from service.core.pagination import decode_cursor, encode_cursor, split_page
 from service.core.security import subject_key
 from service.core.storage import ArtifactStore
-from service.model_registry import architectures, manifest_cache
+from service.model_registry import architectures, classes, manifest_cache
 from service.model_registry import repository as repo
 from service.model_registry.samples import encode_chunk
 from service.model_registry.schemas import (
@@ -123,8 +123,9 @@ def mark_invalid(session: Session, model_id: int, reason: str, actor: str) -> No
     append_event(session, actor=actor, kind="model.invalid", payload={"model": model.name, "reason": reason[:2000]})
 
 
-def _read(model: Model, counts: dict[str, int], latest: int | None) -> ModelRead:
+def _read(model: Model, counts: dict[str, int], latest: int | None, cls: tuple[int, list[int]] = (0, [])) -> ModelRead:
     return ModelRead(
+        subjects_are_classes=bool(model.subjects_are_classes), classes_mapped=cls[0], forgotten_classes=cls[1],
         name=model.name, architecture=model.architecture, architecture_config=model.architecture_config,
         input_shape=model.input_shape, num_classes=model.num_classes, linearize=model.linearize, family=model.family, method=model.method,
         method_config=model.method_config, state=model.state, state_reason=model.state_reason, batch_window_s=model.batch_window_s, batch_size=model.batch_size,
@@ -138,11 +139,12 @@ def to_read(session: Session, model: Model) -> ModelRead:
 
 
 def read_many(session: Session, models: list[Model]) -> list[ModelRead]:
-    """``ModelRead`` of several models in three queries (no N+1)."""
+    """``ModelRead`` of several models in five queries (no N+1)."""
     ids = [m.id for m in models]
     counts = repo.sample_counts(session, ids)
     latest = repo.latest_numbers(session, ids)
-    return [_read(m, counts.get(m.id, {}), latest.get(m.id)) for m in models]
+    cls = classes.summary(session, ids)
+    return [_read(m, counts.get(m.id, {}), latest.get(m.id), cls.get(m.id, (0, []))) for m in models]
 
 
 def list_models(session: Session, *, after: str | None, limit: int) -> list[Model]:
@@ -177,6 +179,10 @@ def ingest(
     * a subject with a tombstone for this model (it was deleted from it) unless the upload's
       ``consent_renewed_at`` is later than the tombstone's ``deleted_at``; an accepted renewal
       removes the tombstone (the subject is in the model again) and is audited;
+    * a forgotten class (a label tombstone) unless consent was renewed after it for the class's
+      subject, and on a ``subjects_are_classes`` model a row that breaks a mapped class
+      (:func:`service.model_registry.classes.guard_upload`); an accepted renewal lifts the label
+      tombstone (and maps the class's subject again);
     * a subject with an OPEN deletion request covering this model (the model's own or one for
       every model; received, awaiting_approval, queued, processing): samples added now could
       miss the running batch and outlive the request that asked for their deletion. Upload
@@ -192,8 +198,9 @@ def ingest(
     """
     keys = [subject_key(secret, s) for s in upload.subject_ids]
     unique = sorted(set(keys))
-    stones = repo.tombstones(session, model.id, unique)
     renewed = _aware(consent_renewed_at)
+    class_stones = classes.guard_upload(session, model, keys, upload.labels.tolist(), renewed)  # the more specific refusal first
+    stones = repo.tombstones(session, model.id, unique)
     for key, deleted_at in stones:
         if renewed is None or renewed <= _aware(deleted_at):
             raise SubjectTombstoned(
@@ -226,6 +233,7 @@ def ingest(
         for key, _ in stones:
             append_event(session, actor=actor, kind="subject.consent_renewed", subject_key=key,
                          payload={"model": model.name, "consent_renewed_at": renewed.isoformat()})
+    classes.lift(session, model, class_stones, renewed, actor)
     by_split = {s: upload.splits.count(s) for s in sorted(set(upload.splits))}
     append_event(session, actor=actor, kind="samples.ingested",
                  payload={"model": model.name, "chunk_id": chunk.id, "sha256": art.sha256, "rows": len(keys), "by_split": by_split})
@@ -280,16 +288,23 @@ def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, alias
         family=model.family, method=model.method, architecture=model.architecture, architecture_config=model.architecture_config,
         linearize=model.linearize, input_shape=model.input_shape, num_classes=model.num_classes,
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
-        state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
+        masked_classes=_masked(v.bound), state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
         weights_url=f"/v1/models/{model.name}/versions/{v.number}/weights",
         audit_checkpoint=checkpoint_dict(cp) if cp is not None else None,
     )
 
 
+def _masked(bound: dict[str, Any] | None) -> list[int]:
+    """The classes a version no longer knows, from its bound (written once, at publish)."""
+    got = (bound or {}).get("masked_classes") or []
+    return sorted(int(c) for c in got if isinstance(c, int) and not isinstance(c, bool)) if isinstance(got, list) else []
+
+
 def etag_of(version_id: int, sha256: str, state: str, alias_mask: int, checkpoint_id: int | None) -> str:
     """Strong ETag of a manifest. Everything in a manifest is immutable except its state, the
     aliases pointing at the version and the latest audit checkpoint it carries, so those are
-    part of the tag (a checkpoint is identified by its row id: a re-signature after a key
+    part of the tag (``masked_classes`` comes from the version's bound, written once at publish:
+    the version id covers it) (a checkpoint is identified by its row id: a re-signature after a key
     rotation covers the same seq)."""
     return f'"v{version_id}-{sha256[:16]}-{state}-a{int(alias_mask)}-c{int(checkpoint_id or 0)}"'
 

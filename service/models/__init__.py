@@ -5,6 +5,7 @@ from service.models.alias import AliasEvent, ModelAlias
 from service.models.api_token import ApiToken
 from service.models.audit_checkpoint import AuditCheckpoint
 from service.models.audit_event import AuditEvent
+from service.models.class_subject import ClassSubject, ClassTombstone
 from service.models.client import Client
 from service.models.deletion_request import DeletionRequest
 from service.models.enums import (
@@ -34,6 +35,8 @@ __all__ = [
     "ApiToken",
     "AuditCheckpoint",
     "AuditEvent",
+    "ClassSubject",
+    "ClassTombstone",
     "Base",
     "Client",
     "DeletionRequest",

@@ -38,6 +38,11 @@ class DeletionRequest(Base):
     status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # samples | class (the subject is a class of the model: DESIGN §6.8); decided at intake from
+    # the model's label -> subject mapping, again when the scheduler batches the request
+    kind: Mapped[str] = mapped_column(String(16), default="samples", server_default="samples")
+    # [{"model", "label", "version"}]: the classes this request made a model forget (the receipt)
+    forgotten_classes: Mapped[list[Any] | None] = mapped_column(JSONType, nullable=True)
     decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     due_at: Mapped[datetime] = mapped_column(TZDateTime)

@@ -27,6 +27,9 @@ class Model(Base):
     # What the user brought (DESIGN §6.8): mixed_linear | linear_head | standard; the method serves it.
     family: Mapped[str] = mapped_column(String(32), default="mixed_linear", server_default="mixed_linear")
     method: Mapped[str] = mapped_column(String(64), default="mixed_linear")
+    # Each class is a person (DESIGN §6.8, kind ``class``): a label -> subject mapping
+    # (``class_subjects``) makes a deletion request for such a subject forget the whole class.
+    subjects_are_classes: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # ready | invalid (an uploaded checkpoint failed validation outside the API: nothing is served
     # from it; ``state_reason`` says why, and a new checkpoint upload clears it)
     state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")

@@ -11,6 +11,12 @@ class HeldVersion(BaseModel):
     number: int
 
 
+class ForgottenClass(BaseModel):
+    model: str
+    label: int
+    version: int = Field(description="The first version that no longer knows the class (its logit is masked when served)")
+
+
 class SubjectRequest(BaseModel):
     id: uuid.UUID
     model: str | None = Field(description="null: the request covers every model holding the subject")
@@ -22,6 +28,8 @@ class SubjectRequest(BaseModel):
     clean_version: int | None = Field(description="Number of the first version clean of the subject")
     clean_version_model: str | None
     held_versions: list[HeldVersion] = Field(description="Versions that were trained on the subject's data")
+    kind: str = Field("samples", description="samples | class (the subject is a class of the model)")
+    forgotten_classes: list[ForgottenClass] = Field(default_factory=list, description="The classes this request made a model forget")
 
 
 class CleanVersion(BaseModel):
@@ -44,6 +52,9 @@ class ModelReceipt(BaseModel):
     model: str
     samples_remaining: int
     tombstoned_since: datetime | None
+    forgotten_class: int | None = Field(None, description="The subject was this class of the model and the model forgot it "
+                                        "(label tombstoned: new samples carrying it need renewed consent)")
+    class_statement: str | None = Field(None, description="The forgotten class, in words")
     held_by_versions: list[int] = Field(description="Versions that were (or, while samples remain, are) trained on the subject")
     first_clean_version: CleanVersion | None
     latest_version: int | None

@@ -37,11 +37,13 @@ from sqlalchemy.orm import Session
 
 from service.core.security import subject_key
 from service.job import repository as job_repo
+from service.model_registry import classes
 from service.model_registry.publication import held_versions
 from service.model_registry.service import get_model
 from service.models import DeletionRequest, Model, ModelAlias, ModelVersion, RequestStatus, Sample, Split, SubjectTombstone, VersionState
 from service.subject.schemas import (
     CleanVersion,
+    ForgottenClass,
     HeldVersion,
     ModelReceipt,
     ReleaseBound,
@@ -113,7 +115,9 @@ def receipt(session: Session, secret: str, subject_id: str, model_name: str | No
             id=r.id, model=all_names.get(r.model_id) if r.model_id else None, status=r.status,
             created_at=r.created_at, due_at=r.due_at, completed_at=r.completed_at, samples_removed=r.samples_removed,
             clean_version=cv.number if cv else None, clean_version_model=all_names.get(cv.model_id) if cv else None,
-            held_versions=_held_entries(r, all_names),
+            held_versions=_held_entries(r, all_names), kind=r.kind or "samples",
+            forgotten_classes=[ForgottenClass(**c) for c in (r.forgotten_classes or [])
+                               if isinstance(c, dict) and {"model", "label", "version"} <= set(c)],
         ))
 
     receipts = [
@@ -181,10 +185,19 @@ def _model_receipt(
     # No finite bound for one release: the sum is unbounded (inf here, null in JSON).
     total = math.inf if unbounded else math.fsum(r.kl_nats for r in releases if r.kl_nats is not None)
     latest = releases[-1] if releases and releases[-1].epsilon_spent is not None else None
+    gone = classes.forgotten(session, mid, key)
+    statement = None
+    if gone is not None:
+        label, _, number = gone
+        statement = (f"The subject was class {label} of model '{name}'. Since version {number}, the model no longer knows "
+                     f"class {label}: it was unlearned from the weights (gated on forget-class accuracy), every served version masks its logit, "
+                     "its samples are deleted, and new samples carrying it are refused unless the subject renews consent.")
     return ModelReceipt(
         model=name,
         samples_remaining=remaining,
         tombstoned_since=tombstoned_since,
+        forgotten_class=gone[0] if gone else None,
+        class_statement=statement,
         held_by_versions=sorted(held),
         first_clean_version=CleanVersion(number=clean.number, created_at=clean.created_at, state=clean.state) if clean else None,
         latest_version=aliases.get("latest"),

@@ -19,6 +19,7 @@ from service.models._types import utcnow
 
 REQUEST_STATUS = "request.status_changed"
 REQUEST_EXTENDED = "request.extended"
+REQUEST_HELD = "request.held"
 JOB_STATUS = "job.status_changed"
 JOB_FAILED = "job.failed"
 JOB_ACKNOWLEDGED = "job.acknowledged"
@@ -31,6 +32,8 @@ BUDGET_EXHAUSTED = "model.budget_exhausted"
 EVENT_TYPES: dict[str, str] = {
     REQUEST_STATUS: "a deletion request changed status (filed, approved, processing, completed, …)",
     REQUEST_EXTENDED: "an operator extended a request's due date",
+    REQUEST_HELD: "a queued request is held and will not be scheduled until an operator acts (the reason says why, e.g. "
+                  "forgetting its class would leave fewer than two classes)",
     JOB_STATUS: "a job changed status (queued, running, succeeded, failed)",
     JOB_FAILED: "a job failed",
     LINE_STOPPED: "a failed job stopped the line of its model (approvals and scheduling blocked)",
@@ -39,7 +42,7 @@ EVENT_TYPES: dict[str, str] = {
     VERSION_REVOKED: "a model version was revoked",
     BUDGET_EXHAUSTED: "a certified model's (ε, δ) budget ran out: the version was retrained from scratch with a fresh perturbation",
 }
-REQUEST_EVENT_TYPES = frozenset({REQUEST_STATUS, REQUEST_EXTENDED})
+REQUEST_EVENT_TYPES = frozenset({REQUEST_STATUS, REQUEST_EXTENDED, REQUEST_HELD})
 
 
 def emit(session: Session, event_type: str, data: dict[str, Any], *, client_id: int | None = None,
@@ -69,6 +72,11 @@ def request_changed(session: Session, row: DeletionRequest, previous: str | None
     """``row`` has just taken its new status (``previous``: the one it left; None when filed)."""
     emit(session, REQUEST_STATUS, request_data(row, _model_name(session, row.model_id), previous),
          client_id=row.client_id, now=now)
+
+
+def request_held(session: Session, row: DeletionRequest, model: str, *, now: datetime | None = None) -> None:
+    """``row`` stays ``queued`` but will not be scheduled: ``reason`` says why (its ``error``)."""
+    emit(session, REQUEST_HELD, request_data(row, model, row.status) | {"reason": row.error}, client_id=row.client_id, now=now)
 
 
 def requests_changed(session: Session, ids: Iterable[uuid.UUID], status: str, previous: str) -> None:

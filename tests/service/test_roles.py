@@ -35,6 +35,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/v1/models"): ALL,
     ("GET", "/v1/models/{name}"): ALL,
     ("POST", "/v1/models/{name}/samples"): {"admin"},
+    ("POST", "/v1/models/{name}/class-subjects"): {"admin"},
     ("POST", "/v1/models/{name}/train"): {"admin"},
     ("POST", "/v1/models/{name}/checkpoint"): {"admin"},
     # versions: manifests for serving/operators/auditors; weights for serving only

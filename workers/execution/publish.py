@@ -5,7 +5,8 @@ This module keeps the lock, the fencing check and the order; the domains own the
 1. lock the job row and check that this attempt still owns it (``service.job``);
 2. insert the version and its private artifacts, revoke every older live version trained on the
    batch's subjects, move the aliases (``service.model_registry.publication``);
-3. tombstone the subjects and delete their sample rows (same domain);
+3. tombstone the subjects and delete their sample rows (same domain); for a class request, the
+   class's remaining samples and mapping rows too, and tombstone the label (``classes``);
 4. close the batch's requests with the first clean version (``service.deletion_request.close_request``);
 5. append the audit events (``version.published``, ``version.revoked``);
 6. send the purge through the outbox and mark the job ``succeeded`` (``service.job``).
@@ -32,7 +33,7 @@ from service.deletion_request.service import close_request
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.core.storage import ArtifactCorrupt, digest_of
-from service.model_registry import publication
+from service.model_registry import classes, publication
 from service.models import JobStep, ModelVersion, RequestStatus
 from service.models._types import utcnow
 from service.webhook import events
@@ -105,6 +106,11 @@ def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVer
         for r in reqs:
             first_req.setdefault(r.subject_key, r.id)
         publication.forget_samples(session, model, holdings, first_req, now)
+        # a class request's class: its remaining samples and mapping go, the label is tombstoned
+        label = (job.config or {}).get("class_label")
+        class_of = classes.forget_classes(session, model, [r.subject_key for r in reqs],
+                                          {int(label): [r.subject_key for r in reqs]} if label is not None else {},
+                                          first_req, version.number, now)
 
         # 4. the batch's requests
         still_held = publication.subjects_still_held(session, [r.subject_key for r in reqs if r.model_id is None])
@@ -114,6 +120,10 @@ def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVer
             req.held_versions = held
             req.samples_removed = (req.samples_removed or 0) + int(info["samples"])
             req.clean_version_id = version.id
+            if req.subject_key in class_of:
+                req.kind = "class"
+                req.forgotten_classes = list(req.forgotten_classes or []) + [
+                    {"model": model.name, "label": class_of[req.subject_key], "version": version.number}]
             if req.model_id is None:
                 req.job_id = None
                 if req.subject_key in still_held:
@@ -123,7 +133,8 @@ def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVer
             close_request(session, req, RequestStatus.completed, actor=PUBLISHER, kind="request.completed", now=now,
                           payload={"request_id": str(req.id), "model": model.name, "clean_version": version.number,
                                    "job_kind": job.kind, "samples_removed": req.samples_removed, "held_versions": held,
-                                   "kl_nats": bound.get("kl_nats")})
+                                   "kl_nats": bound.get("kl_nats"),
+                                   **({"forgotten_class": class_of[req.subject_key]} if req.subject_key in class_of else {})})
 
         # 5. the audit events of the release
         append_event(

@@ -19,7 +19,9 @@ step calls the model's method through the registry's interface
 (prepare on the ``core`` split, train on ``user``), ``forget`` (from the parent's PRIVATE state),
 ``zero`` and ``retrain`` (where the method's family has them). A forget that fails its gates
 (§6.6) first runs the method's tighter settings, then falls back to zero + retrain; the
-checkpoint, the version's bound and the audit event record why.
+checkpoint, the version's bound and the audit event record why. A sample batch on a method that
+forgets whole classes only (no ``samples`` kind), whose samples it cannot project away, runs the
+family's retrain without the subjects at the solve step, recorded the same way (``bound.fallback``).
 
 Files are content-addressed and written atomically (temp file, fsync, rename); the private
 artifacts (the method's ``private_artifacts``: noise-free weights, Gram sums, ...) are the start
@@ -262,6 +264,7 @@ class Solved:
     result: Any
     bound: Bound
     trained_on_users: bool = True  # False: no user data in the weights (no watermark, no noise)
+    fallback: dict | None = None  # the solve step fell back (recorded in the version's bound)
 
 
 def _zeroed(ctx: SolveContext, mm: Any) -> Solved:
@@ -293,8 +296,26 @@ def _solve_forget(ctx: SolveContext) -> Solved:
     if len(ctx.data["user"]) == 0:  # nobody left: the user weights are zero, exactly
         return _zeroed(ctx, mm)
     # the forgotten samples go with D_r: the method may forget by them alone (kept statistics)
-    result = ctx.method.forget(mm, ctx.data["user"], ctx.cfg, ctx.progress, removed=ctx.data["forget"])
+    try:
+        result = ctx.method.forget(mm, ctx.data["user"], ctx.cfg, ctx.progress, removed=ctx.data["forget"])
+    except InvalidDataError as exc:
+        if "samples" in getattr(ctx.method, "kinds", {"samples"}) or (ctx.job.config or {}).get("classes"):
+            raise  # a class batch the method refuses fails visibly; the scheduler holds its requests
+        return _samples_by_retrain(ctx, str(exc))
     return Solved(mm, result, ctx.method.bound(result, ctx.cfg))
+
+
+def _samples_by_retrain(ctx: SolveContext, why: str) -> Solved:
+    """A sample batch on a method that forgets whole classes only (``kinds`` without ``samples``),
+    whose removed samples are not whole classes it can forget (part of a class, or too few
+    classes left): the family's retrain without the subjects, recorded as the version's
+    ``bound.fallback`` and in the audit event like a failed gate's fallback. Exact (the new
+    weights never saw the subjects); the classes D_r no longer holds, among them every class
+    forgotten before, stay masked (the method's ``retrain``)."""
+    solved = _solve_retrain(ctx)
+    solved.fallback = {"to": "retrain", "reasons": [f"{ctx.method.name} forgets whole classes only and cannot forget these "
+                                                    f"samples by itself ({why}): retrained without the subjects"]}
+    return solved
 
 
 def _solve_zero(ctx: SolveContext) -> Solved:
@@ -389,6 +410,7 @@ def _solve(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict) -
         "sample_watermark": data["watermark"] if solved.trained_on_users else None,
         "release_noise": solved.trained_on_users,
         "seconds": time.perf_counter() - t0,
+        **({"fallback": solved.fallback} if solved.fallback else {}),
     }
 
 
@@ -448,7 +470,7 @@ def _evaluate(rt: Runtime, job: Job, attempt: int, model: Model, collected: dict
     bound = _bound_from(solved["bound"])
     metrics = _measure(method, mm, data, cfg)
     gates: dict[str, Any] | None = None
-    fallback = None
+    fallback = solved.get("fallback")  # the solve step's own (a sample batch on a class-only method)
 
     if JobKind(job.kind) is JobKind.forget and bound.guarantee != "exact":
         gate = _gate(method, bound, collected, metrics, cfg)

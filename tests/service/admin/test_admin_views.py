@@ -213,6 +213,18 @@ def test_requests_filters_and_search(client, db):
     assert client.get("/admin/requests?model=nope").status_code == 404
 
 
+def test_a_held_request_is_marked_with_its_reason(client, db):
+    """Issue 14: a class request the scheduler holds stays queued; the list marks it, the page says why."""
+    m, reqs = _seed(db, _secret(client))
+    reason = "held: class 1: forgetting this class would leave fewer than two classes: retire the model"
+    reqs[4].status, reqs[4].error = "queued", reason
+    db.flush()
+    _signed_in(client, "operator")
+    listed = client.get("/admin/requests?model=faces").text
+    assert 'class="pill red" title="' + reason + '">held</span>' in listed and listed.count(">held</span>") == 1
+    assert reason in client.get(f"/admin/requests/{reqs[4].id}").text
+
+
 def test_due_before_filter_reaches_past_the_first_page(client, db):
     m, _ = _seed(db, _secret(client))
     now = utcnow()
@@ -261,6 +273,7 @@ def test_request_actions_bulk_deny_cancel_retry_and_timeline(client, db):
     kinds = re.findall(r"<strong>([\w.]+)</strong>", detail)
     assert kinds[0] == "created" and any("approve" in k for k in kinds[1:])
     assert "token:" in detail and "test-operator" in detail  # who approved
+    assert '<dd id="kind">samples</dd>' in detail  # a class subject's request reads "class" (issue 14)
     # buttons follow the status: a queued request can be cancelled, not approved again
     assert "/cancel" in detail and f"/requests/{reqs[0].id}/approve" not in detail
     illegal = client.post(f"/admin/requests/{reqs[0].id}/approve", data={"csrf": csrf})

@@ -52,3 +52,21 @@ def test_portable_path_creates_replays_merges_and_refuses(sqlite_session):
     everywhere = create("zoe", model=None)
     assert everywhere.outcome == "created" and everywhere.request.model is None
     assert _rows(s) == 2
+
+
+def test_portable_path_marks_a_class_subjects_request_as_a_class_request(sqlite_session):
+    """Embedded mode decides the kind with one query (PostgreSQL does it inside the intake statement)."""
+    from service.core.security import subject_key
+    from service.models import ClassSubject
+
+    s = sqlite_session
+    model_id = s.scalar(select(Model.id).where(Model.name == "m1"))
+    s.add(ClassSubject(model_id=model_id, label=1, subject_key=subject_key(SECRET, "alice")))
+    s.flush()
+
+    def kind(subject, model):
+        data = DeletionRequestCreate(subject_id=subject, model=model)
+        return service.create_request(s, secret=SECRET, data=data).request.kind
+
+    assert kind("alice", "m1") == "class" and kind("alice", None) == "class" and kind("bob", "m1") == "samples"
+    assert sorted(s.scalars(select(DeletionRequest.kind))) == ["class", "class", "samples"]

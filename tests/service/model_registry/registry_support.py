@@ -19,7 +19,12 @@ def nothing_written(db, client) -> None:
 
 
 def refused(r, kind: str, *words: str) -> dict:
-    assert r.status_code == 422, r.text
+    return problem(r, 422, kind, *words)
+
+
+def problem(r, status: int, kind: str, *words: str) -> dict:
+    """``r`` is a ``status`` problem of type ``kind`` whose detail names ``words``."""
+    assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     body = r.json()
     assert body["type"].endswith(kind), body

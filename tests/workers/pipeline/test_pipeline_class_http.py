@@ -12,7 +12,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from service.models import DeletionRequest, Job
+from service.models import ClassTombstone, DeletionRequest, Job, Sample
 from workers.execution.run import run_job
 from workers.runtime import Runtime
 from workers.unlearning import load_model_from_bytes
@@ -67,6 +67,10 @@ def test_an_operator_forgets_a_class_and_the_pulled_model_never_names_it(committ
     api = committed_app
     _register(api, "people")
     means = _samples(api, "people")
+    # a held-out sample of class 2 that another subject holds: not an owner of the class, but the
+    # class's samples all go when it is forgotten
+    observer = {"subject_id": "observer", "split": "eval", "label": 2, "x": means[2].tolist()}
+    assert api.post("/v1/models/people/samples", json={"samples": [observer]}, headers=api.auth("admin")).status_code == 201
     job = api.post("/v1/models/people/train", headers=api.auth("admin"))
     assert job.status_code == 202 and run_job(rt, job.json()["id"]) == "succeeded"
 
@@ -84,6 +88,10 @@ def test_an_operator_forgets_a_class_and_the_pulled_model_never_names_it(committ
         assert (served(x).argmax(1) != 2).all()
     receipt = api.get("/v1/subjects/class-2", headers=api.auth("auditor"))
     assert receipt.status_code == 200 and "completed" in receipt.text, receipt.text
+    assert receipt.json()["requests"][0]["kind"] == "class" and receipt.json()["models"][0]["forgotten_class"] == 2
+    with rt.session_factory() as s:  # every sample of the class went (the observer's too); the label is tombstoned
+        assert s.scalar(select(func.count()).select_from(Sample).where(Sample.label == 2)) == 0
+        assert s.execute(select(ClassTombstone.label, ClassTombstone.version_number)).all() == [(2, 2)]
 
     before = _counts(rt)
     again = _forget(api, "people", 2)  # already forgotten: its samples are gone

@@ -12,7 +12,7 @@ from pipeline_support import forget_job, ingest, register_model
 from sqlalchemy import select
 
 from service.job import service as job_service
-from service.models import AuditEvent, JobKind, ModelVersion
+from service.models import AuditEvent, JobKind, Model, ModelVersion
 from workers.execution.run import run_job
 from workers.unlearning import load_model
 from workers.unlearning.standard import MaskedClassifier
@@ -86,3 +86,21 @@ def test_a_projection_that_fails_its_gates_falls_back_to_a_retrain_without_the_c
     with torch.no_grad():
         assert (served(x).argmax(1) != 1).all()
         assert (served.network(x).argmax(1) != 1).float().mean() >= 0.99  # unmasked, it hardly names it either
+
+
+def test_a_subject_holding_part_of_a_class_is_removed_by_the_retrain_fallback(rt):
+    """A model without ``subjects_are_classes`` receives an ordinary request for a subject who holds
+    a few samples of a class others hold too: the projection cannot forget part of a class, so the
+    job retrains without the subject (exact, ``bound.fallback``, audited) instead of failing."""
+    model_id, (xu, yu, xe, ye) = _people(rt)
+    with rt.session_factory.begin() as s:
+        m = s.get(Model, model_id)
+        ingest(s, rt.store, m, xu[yu == 0][:5], yu[yu == 0][:5], ["visitor"] * 5, "user")
+    assert run_job(rt, forget_job(rt, model_id, "visitor")) == "succeeded"
+    with rt.session_factory() as s:
+        v2 = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+        assert v2.number == 2 and v2.bound["guarantee"] == "exact" and v2.bound["method"] == "retrain"
+        assert v2.bound["fallback"]["to"] == "retrain" and "still have retained samples" in v2.bound["fallback"]["reasons"][0]
+        assert v2.bound["masked_classes"] == []  # every class keeps samples: nothing masked
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "version.published").order_by(AuditEvent.seq.desc())).scalars().first()
+        assert event.payload["fallback"] == v2.bound["fallback"]
