@@ -391,6 +391,7 @@ def one_statement_result(values: dict[str, Any], data: DeletionRequestCreate, go
         source=data.source,
         decision_reason=None,
         kind=got["kind"],
+        forgotten_classes=None,
         created_at=values["now"],
         due_at=got["due_at"],
         approved_by=got["approved_by"],
