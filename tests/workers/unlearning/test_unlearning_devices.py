@@ -178,3 +178,48 @@ def test_cuda_cnn_explicit_forget_reaches_the_float64_solution():
     res = method.forget(model, TensorSource(x[keep], y[keep], 7), cfg)
     assert res.converged and res.path == "explicit"
     assert rel(model.flatten(model.user), oracle.solve(keep)) <= 1e-8
+
+
+def test_the_evaluation_runs_on_the_new_weights_and_reuses_kept_features_only_where_they_are_the_models():
+    """The job's evaluation (eval, retain sample, forget set, membership attack) is memoised per
+    user weights: after a forget it is recomputed on the new weights; the retained samples of a
+    float32-prefix model go through the head on the kept features, and agree with a full pass."""
+    from workers.unlearning.evaluation import evaluate, membership_inference_auc
+
+    cpu, method, cfg, x, y, subj, _ = tiny_problem(arch="cnn", d=4, hidden=5, linearize="last:1", n=60, subjects=10, mu=1e-3, kappa=1.0)
+    cfg = cfg.model_copy(update={"dtype": "mixed"})
+    model = on(cpu, "cpu", "mixed")
+    ids = torch.arange(len(y))
+    user = TensorSource(x, y, 7, ids=ids)
+    method.fit(model, user, cfg)
+    ev = TensorSource(x[:20] + 0.1, y[:20], 7)
+    before = evaluate(model, ev)
+    assert evaluate(model, ev) == before  # memoised: same numbers
+    gone = (subj == 3).nonzero().reshape(-1)
+    keep = (subj != 3).nonzero().reshape(-1)
+    method.forget(model, user.subset(keep), cfg, removed=user.subset(gone))
+
+    def direct(src):  # the model's outputs from a full pass through the network, no memo, no kept rows
+        with torch.no_grad():
+            f = model.forward_features(model.features(src.x))
+            r = f - model.targets(src.y, f.shape[1])
+        return f, 0.5 * (r**2).sum(dim=1)
+
+    f, loss = direct(ev)
+    after = evaluate(model, ev)
+    assert after["loss"] != before["loss"] and abs(after["loss"] - float(loss.mean())) <= 1e-12
+    retained = user.subset(keep[::2])
+    spy = {"prefix": 0}
+    hook = model.prefix.register_forward_hook(lambda *a: spy.__setitem__("prefix", spy["prefix"] + 1))
+    r_eval = evaluate(model, retained)
+    assert spy["prefix"] == 0  # head only, on the kept features
+    hook.remove()
+    f, loss = direct(retained)
+    assert abs(r_eval["loss"] - float(loss.mean())) <= 1e-6 * max(1.0, float(loss.mean()))
+    assert r_eval["accuracy"] == float((f.argmax(1) == retained.y).double().mean())
+    removed = user.subset(gone)
+    auc = membership_inference_auc(model, removed, ev)
+    model.zero_user()  # new weights: the memo no longer applies
+    assert evaluate(model, ev)["loss"] != after["loss"]
+    assert membership_inference_auc(model, removed, ev) == membership_inference_auc(model, removed, ev)
+    assert 0.0 <= auc <= 1.0
