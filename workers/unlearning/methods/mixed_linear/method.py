@@ -234,16 +234,13 @@ class MixedLinear:
 
     @staticmethod
     def _removed_features(model: MixedLinearModel, fitted: GramState, removed: TensorSource, gone: torch.Tensor):
-        """(features, labels) chunks of the removed samples, in the order of ``gone`` (their sorted
-        ids): the kept rows when the sums kept their features (exactly what was added), else
+        """(features, labels) chunks of the removed samples: the kept rows, in the order of ``gone``
+        (their sorted ids), when the sums kept their features (exactly what was added); else
         computed by the prefix."""
-        if fitted.F is None:
-            order = torch.argsort(removed.ids.to(torch.int64).cpu(), stable=True)
-            src = TensorSource(removed.x[order], removed.y[order], removed.chunk_size)
-            yield from ((model.features(x), y) for x, y in src)
+        if fitted.F is None:  # sums only: row order does not matter
+            yield from ((model.features(x), y) for x, y in removed)
             return
-        order = torch.argsort(removed.ids.to(torch.int64).cpu(), stable=True)
-        feats, y = fitted.features_of(gone), removed.y[order]
+        feats, y = fitted.features_of(gone), removed.y[torch.argsort(removed.ids.to(torch.int64).cpu(), stable=True)]
         for i in range(0, len(gone), removed.chunk_size):
             yield feats[i : i + removed.chunk_size].to(model.device_, model.dtype_), y[i : i + removed.chunk_size]
 
