@@ -223,3 +223,24 @@ def test_the_evaluation_runs_on_the_new_weights_and_reuses_kept_features_only_wh
     assert evaluate(model, ev)["loss"] != after["loss"]
     assert membership_inference_auc(model, removed, ev) == membership_inference_auc(model, removed, ev)
     assert 0.0 <= auc <= 1.0
+
+
+def test_sums_kept_under_another_prefix_precision_are_rebuilt_not_downdated():
+    """A version fitted in float64 (no kept features) and forgotten by a mixed-precision worker
+    (auto on CUDA) must not subtract float32-recomputed features from float64 sums: forget
+    rebuilds D_r's sums (and stays exact on its own features); forget_downdate refuses."""
+    from workers.unlearning import InvalidDataError
+
+    cpu, method, cfg, x, y, subj, _ = tiny_problem(linearize="last:1", n=60, hidden=[6], subjects=10, mu=1e-3, kappa=1.0)
+    ids = torch.arange(len(y))
+    method.fit(cpu, TensorSource(x, y, 7, ids=ids), cfg)
+    mixed = method.load_private(method.save_private(cpu), cfg.model_copy(update={"dtype": "mixed"}))
+    assert mixed.keeps_features and mixed.fitted_gram.F is None
+    gone = (subj == 3).nonzero().reshape(-1)
+    keep = (subj != 3).nonzero().reshape(-1)
+    with pytest.raises(InvalidDataError, match="precision"):
+        method.forget_downdate(mixed, None, TensorSource(x[gone], y[gone], 7, ids=gone), cfg)
+    res = method.forget(mixed, TensorSource(x[keep], y[keep], 7, ids=keep), cfg, removed=TensorSource(x[gone], y[gone], 7, ids=gone))
+    assert res.path != "gram-downdate" and mixed.fitted_gram.F is not None
+    w = mixed.flatten(mixed.user)
+    assert rel(w, own_features_solution(mixed, x[keep], y[keep], cfg.l2, keep)) <= 1e-9

@@ -183,6 +183,8 @@ class MixedLinear:
         fitted = model.fitted_gram
         if fitted is None or fitted.ids is None or retained.ids is None or len(retained) == 0:
             return None
+        if not MixedLinear._sums_fit_the_model(model, fitted):
+            return None  # kept under another prefix precision: rebuild D_r's sums from its samples
         if removed is not None and len(removed) and removed.ids is None:
             return None
         kept = fitted.ids.cpu()
@@ -216,6 +218,11 @@ class MixedLinear:
             fitted = model.fitted_gram
         if fitted is None:
             raise InvalidDataError("no Gram sums of the fitted set: fit first, or pass them (GramState.from_tensors)")
+        if not self._sums_fit_the_model(model, fitted):
+            raise InvalidDataError(
+                "the kept Gram sums were computed under another prefix precision than this model's "
+                f"({model.precision!r}: a float32 prefix needs the features kept with its sums): refit to downdate"
+            )
         gone = self._removed_ids(fitted, removed)
         if len(removed) >= fitted.n:
             raise InvalidDataError("the retained set would be empty")
@@ -231,6 +238,14 @@ class MixedLinear:
         model.fitted_gram = retained
         res.operation = "forget"
         return res, retained
+
+    @staticmethod
+    def _sums_fit_the_model(model: MixedLinearModel, fitted: GramState) -> bool:
+        """A float32 prefix recomputes features only up to its rounding, so its sums are downdated
+        by kept rows alone; kept rows serve only a model whose prefix computes in their dtype."""
+        if fitted.F is None:
+            return not model.keeps_features
+        return model.keeps_features and fitted.F.dtype == model.prefix_dtype_
 
     @staticmethod
     def _removed_features(model: MixedLinearModel, fitted: GramState, removed: TensorSource, gone: torch.Tensor):
