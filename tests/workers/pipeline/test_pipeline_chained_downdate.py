@@ -38,6 +38,21 @@ def _user_aug(model) -> np.ndarray:
     return np.concatenate([W, b[:, None]], axis=1)
 
 
+def _forget(rt, model_id, subject: str, before=None) -> None:
+    """File a request for ``subject`` (after ``before(session, model)``), run forget-now to success."""
+    with rt.session_factory.begin() as s:
+        model = s.get(Model, model_id)
+        if before is not None:
+            before(s, model)
+        file_request(s, model, subject)
+        job_id = job_service.forget_now(s, rt.settings, model, "test").id
+    assert run_job(rt, job_id) == "succeeded"
+
+
+def _latest(s, model_id) -> ModelVersion:
+    return s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+
+
 def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypatch):
     data = make_data(n_subjects=30, per_subject=6)
     with rt.session_factory.begin() as s:
@@ -68,20 +83,18 @@ def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypat
     rng = np.random.default_rng(5)
     for k in range(10):
         gone = f"subject-{3 * k:03d}"
-        with rt.session_factory.begin() as s:
-            model = s.get(Model, model_id)
-            if k == 4:  # new samples arrive between forgets: the downdate adds them
-                xn = rng.normal(size=(8, data["d"])).astype(np.float32)
-                yn = rng.integers(0, data["classes"], size=8)
-                ingest(s, rt.store, model, xn, yn, ["late-subject"] * 8, "user")
-                extra_x.append(xn)
-                extra_y.append(yn)
-            file_request(s, model, gone)
-            job_id = job_service.forget_now(s, rt.settings, model, "test").id
-        assert run_job(rt, job_id) == "succeeded"
+
+        def late(s, model):  # new samples arrive between forgets: the downdate adds them
+            xn = rng.normal(size=(8, data["d"])).astype(np.float32)
+            yn = rng.integers(0, data["classes"], size=8)
+            ingest(s, rt.store, model, xn, yn, ["late-subject"] * 8, "user")
+            extra_x.append(xn)
+            extra_y.append(yn)
+
+        _forget(rt, model_id, gone, late if k == 4 else None)
         live &= subjects != gone
         with rt.session_factory() as s:
-            v = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+            v = _latest(s, model_id)
             assert v.number == k + 2
             bound, private = v.bound, load_model(rt.store.path(v.private_uri))
             cfg = s.get(Model, model_id).method_config
@@ -125,14 +138,10 @@ def test_mixed_precision_chained_forgets_downdate_by_kept_features_and_stay_exac
     live = np.ones(len(yu), dtype=bool)
     for k in range(3):
         gone = f"subject-{3 * k:03d}"
-        with rt.session_factory.begin() as s:
-            model = s.get(Model, model_id)
-            file_request(s, model, gone)
-            job_id = job_service.forget_now(s, rt.settings, model, "test").id
-        assert run_job(rt, job_id) == "succeeded"
+        _forget(rt, model_id, gone)
         live &= subjects != gone
         with rt.session_factory() as s:
-            v = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+            v = _latest(s, model_id)
             cfg = s.get(Model, model_id).method_config
             arts = registry_repo.private_artifacts(s, v)
             assert v.number == k + 2 and v.bound["guarantee"] == "certified" and not rebuilds  # the downdate, no fallback
