@@ -194,7 +194,7 @@ class MixedLinear:
         if removed is None or not len(removed):
             if gone_ids.numel():
                 return None
-            gone = TensorSource(retained.x[:0], retained.y[:0], retained.chunk_size, ids=r_ids[:0])
+            gone = retained.subset(torch.zeros(0, dtype=torch.int64))  # no inputs read
         else:
             rm_ids = removed.ids.to(torch.int64).cpu()
             if not bool(torch.isin(gone_ids, rm_ids).all()):
