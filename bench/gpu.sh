@@ -86,7 +86,7 @@ step "realistic benchmark, library part ($DEVICE)"
 if [ "$DEVICE" = cuda ]; then
   timeout 270 "$PY" bench/realistic.py --library --device cuda --out "$OUT" || failed+=("realistic benchmark")
 else
-  timeout 600 "$PY" bench/realistic.py --library --quick --device cpu --dtypes float64,float32 --out "$OUT" || failed+=("realistic benchmark")
+  timeout 600 "$PY" bench/realistic.py --library --quick --device cpu --dtypes float64,mixed,float32 --out "$OUT" || failed+=("realistic benchmark")
 fi
 
 step "done"

@@ -158,11 +158,16 @@ def dense_oracle(model: MixedLinearModel, retained: TensorSource, mu: float) -> 
     """Independent float64 solve of the affine head on D_r from the same features:
     (AᵀA/N + μI) W_aᵀ = Aᵀ(t − f0)/N with A = [φ, 1]; flattened in the model's order."""
     rows, rhs, n = None, None, len(retained)
+    kept = model.fitted_gram.F if model.fitted_gram is not None else None  # a float32 prefix: the features the model keeps
     with torch.no_grad():
-        for x, y in retained:
-            phi = model.features(x).to(torch.float64)
+        for i, (x, y) in enumerate(retained):
+            if kept is not None:
+                ids = retained.ids[i * retained.chunk_size : (i + 1) * retained.chunk_size]
+                phi = model.fitted_gram.features_of(ids).to(model.device_, torch.float64)
+            else:
+                phi = model.features(x).to(torch.float64)
             a = torch.cat([phi, torch.ones(len(phi), 1, dtype=torch.float64, device=phi.device)], dim=1)
-            f0 = model.head(model.features(x)).to(torch.float64)
+            f0 = model.head(phi.to(model.dtype_)).to(torch.float64)
             t = model.targets(y, f0.shape[1]).to(torch.float64)
             rows = a.T @ a if rows is None else rows + a.T @ a
             rhs = a.T @ (t - f0) if rhs is None else rhs + a.T @ (t - f0)
@@ -200,13 +205,27 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
     t_solve = time.perf_counter() - t0
     bound = METHOD.bound(res, cfg)
     # what the job's evaluate step records (workers.execution.run._measure), then the files it writes
+    parts, t = {"solve": t_solve}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        sync(device)
+        parts[name] = time.perf_counter() - t
+        t = time.perf_counter()
+
     metrics = {"eval_accuracy": METHOD.evaluate(model, ev, cfg)["accuracy"]}
+    lap("eval")
     sample = np.random.default_rng(0).permutation(len(retained))[:RETAIN_EVAL_MAX]
     metrics["retain_accuracy"] = METHOD.evaluate(model, retained.subset(sample), cfg)["accuracy"]
+    lap("retain_sample")
     metrics["forget_accuracy"] = METHOD.evaluate(model, removed, cfg)["accuracy"]
+    lap("forget_set")
     metrics["mia_auc"] = METHOD.membership_auc(model, removed, ev, cfg)
+    lap("mia")
     served = METHOD.serve_bytes(model, METHOD.release(model, cfg), {"model": "realistic"})
+    lap("release_serve")
     private = METHOD.save_private(model)
+    lap("private_files")
     sync(device)
     t_job = time.perf_counter() - t0
 
@@ -214,9 +233,9 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
     w_star = dense_oracle(model, retained, cfg.l2)
     true_kl = float((w - w_star).norm() ** 2 / (2 * cfg.noise_std**2))
     return {
-        "dtype": str(model.dtype_).removeprefix("torch."), "core_train_s": t_core, "fit_s": t_fit, "fit_path": fit.path, "acc_before": acc_before,
+        "dtype": dtype if dtype in ("mixed", "auto") else str(model.dtype_).removeprefix("torch."), "core_train_s": t_core, "fit_s": t_fit, "fit_path": fit.path, "acc_before": acc_before,
         "forget": {"path": res.path, "solve_s": t_solve, "job_s": t_job, "iterations": res.iterations,
-                   "residual_norm": res.residual_norm, "converged": res.converged,
+                   "residual_norm": res.residual_norm, "converged": res.converged, "parts_s": parts,
                    "served_bytes": len(served), "private_bytes": sum(len(b) for b in private.values())},
         "metrics": metrics, "bound": bound.to_dict(), "passes_kl_gate": bound.kl_nats <= cfg.max_kl_per_release,
         "exactness": float((w - w_star).norm() / w_star.norm()), "true_kl_nats": true_kl, "bound_covers_true_kl": bound.kl_nats >= true_kl,
@@ -318,7 +337,8 @@ def table(r: dict, library: bool) -> str:
     rows = [("forgotten", f"{r['subjects']} subjects, {r['forgotten_samples']} samples of {r['forgotten_samples'] + r['retained_samples']} user")]
     if library:
         rows += [("forget: Newton step from the kept Gram sums", f"{f['solve_s']:.4f} s ({f['path']}, {f['iterations']} iteration(s))"),
-                 ("forget: step + evaluation + release + files (what the job computes)", f"{f['job_s']:.4f} s")]
+                 ("forget: step + evaluation + release + files (what the job computes)", f"{f['job_s']:.4f} s"),
+                 ("  of which: " + " / ".join(f["parts_s"]), " / ".join(f"{v:.4f}" for v in f["parts_s"].values()) + " s")]
     else:
         rows += [("forget through the service: first request filed → all completed", f"{f['request_to_clean_s']:.2f} s"),
                  ("  filing the requests over HTTP", f"{f['filing_s']:.2f} s"),
@@ -338,6 +358,8 @@ def table(r: dict, library: bool) -> str:
             rows.append((f"dtype {o['dtype']}: forget job s (speed-up), eval acc, bound (KL gate), true KL",
                          f"{o['forget']['job_s']:.4f} ({o['speedup']:.0f}×), {o['metrics']['eval_accuracy']:.4f}, {o['bound']['kl_nats']:.3g} "
                          f"({'passes' if o['passes_kl_gate'] else 'FAILS'}), {o['true_kl_nats']:.3g}"))
+            rows.append((f"dtype {o['dtype']}: " + " / ".join(o["forget"]["parts_s"]) + " s",
+                         " / ".join(f"{v:.4f}" for v in o["forget"]["parts_s"].values())))
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -348,13 +370,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the forget job and the retrain run")
     ap.add_argument("--subjects", type=int, default=10, help="subjects forgotten in the batch")
     ap.add_argument("--per-subject", type=int, default=10, help="user samples per subject (on average)")
-    ap.add_argument("--dtypes", default=None, help="comma-separated dtypes of the mixed-linear model, the first one headlines "
-                    "(library mode runs each; default: float64,float32 on cuda, float64 on cpu)")
+    ap.add_argument("--dtypes", default=None, help="comma-separated dtypes of the mixed-linear model (auto, float64, mixed, float32), "
+                    "the first one headlines (library mode runs each; default: mixed,float64,float32 on cuda, float64,mixed on cpu)")
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the core and of the retrain")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON and markdown results")
     args = ap.parse_args()
     device = torch.device(args.device)
-    args.dtypes = (args.dtypes or ("float64,float32" if device.type == "cuda" else "float64")).split(",")
+    args.dtypes = (args.dtypes or ("mixed,float64,float32" if device.type == "cuda" else "float64,mixed")).split(",")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here")
     sz = SIZES["quick" if args.quick else "full"]

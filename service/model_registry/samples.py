@@ -28,6 +28,7 @@ from service.models import Model, Sample, SampleChunk
 
 CHUNK_TENSOR = "x"
 CHUNK_DTYPE = np.float32
+ID_BATCH = 10_000  # sample ids per lookup query of read_inputs
 
 
 class SampleChunkCorrupt(RuntimeError):
@@ -89,28 +90,67 @@ def read_samples(
     exclude_subject_keys: Iterable[str] = (),
     include_ids: bool = False,
     only_subject_keys: Iterable[str] | None = None,
+    inputs: bool = True,
 ) -> SampleSet:
     """The samples of ``model_id`` in ``splits`` (minus ``exclude_subject_keys``; restricted to
-    ``only_subject_keys`` when given), inputs loaded from the chunk store.
+    ``only_subject_keys`` when given), inputs loaded from the chunk store. ``inputs=False``: ids,
+    labels and subject keys only (one SQL query, no file read; ``x`` has no rows): read the inputs
+    later with :func:`read_inputs` by sample id.
 
     Raises :class:`SampleChunkCorrupt` when a chunk file is missing or disagrees with its row.
     """
-    shape = session.execute(select(Model.input_shape).where(Model.id == model_id)).scalar_one_or_none()
-    if shape is None:
-        raise LookupError(f"no model with id {model_id}")
-    shape = tuple(int(d) for d in shape)
+    shape = _input_shape(session, model_id)
     stmt = _filtered(
         select(Sample.id, Sample.subject_key, Sample.label, Sample.row, Sample.chunk_id),
         model_id, splits, exclude_subject_keys, only_subject_keys,
     ).order_by(Sample.id)
     rows = session.execute(stmt).all()
     n = len(rows)
-    x = np.empty((n, *shape), dtype=CHUNK_DTYPE)
     if n == 0:
-        return SampleSet(x, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64) if include_ids else None, [])
+        return SampleSet(np.empty((0, *shape), dtype=CHUNK_DTYPE), np.empty(0, dtype=np.int64),
+                         np.empty(0, dtype=np.int64) if include_ids or not inputs else None, [])
     ids, keys, labels, row_in_chunk, chunk_ids = zip(*rows, strict=True)
-    chunk_arr = np.asarray(chunk_ids, dtype=np.int64)
-    row_arr = np.asarray(row_in_chunk, dtype=np.int64)
+    x = _load(session, store, np.asarray(chunk_ids, dtype=np.int64), np.asarray(row_in_chunk, dtype=np.int64), shape) if inputs \
+        else np.empty((0, *shape), dtype=CHUNK_DTYPE)
+    return SampleSet(
+        x=x,
+        y=np.asarray(labels, dtype=np.int64),
+        ids=np.asarray(ids, dtype=np.int64) if include_ids or not inputs else None,
+        subject_keys=list(keys),
+    )
+
+
+def read_inputs(session: Session, store: ArtifactStore, model_id: int, ids: np.ndarray) -> np.ndarray:
+    """The inputs of the samples ``ids`` of ``model_id``, in the order asked. Rows are looked up by
+    sample id now (the purge may have moved them to a rewritten chunk since the ids were read);
+    a sample that no longer exists raises :class:`SampleChunkCorrupt`."""
+    shape = _input_shape(session, model_id)
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return np.empty((0, *shape), dtype=CHUNK_DTYPE)
+    where: dict[int, tuple[int, int]] = {}
+    wanted = np.unique(ids).tolist()
+    for start in range(0, len(wanted), ID_BATCH):  # bounded IN lists (SQLite caps bound parameters)
+        stmt = select(Sample.id, Sample.chunk_id, Sample.row).where(Sample.model_id == model_id, Sample.id.in_(wanted[start : start + ID_BATCH]))
+        where.update((int(i), (c, r)) for i, c, r in session.execute(stmt).all())
+    missing = [int(i) for i in ids if int(i) not in where]
+    if missing:
+        raise SampleChunkCorrupt(f"{len(missing)} sample(s) of model {model_id} no longer exist (e.g. id {missing[0]})")
+    chunk_arr = np.asarray([where[int(i)][0] for i in ids], dtype=np.int64)
+    row_arr = np.asarray([where[int(i)][1] for i in ids], dtype=np.int64)
+    return _load(session, store, chunk_arr, row_arr, shape)
+
+
+def _input_shape(session: Session, model_id: int) -> tuple[int, ...]:
+    shape = session.execute(select(Model.input_shape).where(Model.id == model_id)).scalar_one_or_none()
+    if shape is None:
+        raise LookupError(f"no model with id {model_id}")
+    return tuple(int(d) for d in shape)
+
+
+def _load(session: Session, store: ArtifactStore, chunk_arr: np.ndarray, row_arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows ``row_arr[i]`` of chunks ``chunk_arr[i]``, each chunk file streamed once."""
+    x = np.empty((len(chunk_arr), *shape), dtype=CHUNK_DTYPE)
     chunks = {
         c.id: c
         for c in session.execute(select(SampleChunk).where(SampleChunk.id.in_(np.unique(chunk_arr).tolist()))).scalars()
@@ -123,12 +163,7 @@ def read_samples(
         if chunk is None:  # pragma: no cover - the foreign key makes this unreachable
             raise SampleChunkCorrupt(f"sample chunk {cid} has no row")
         _stream_rows(store, chunk, row_arr[group], x, group, shape)
-    return SampleSet(
-        x=x,
-        y=np.asarray(labels, dtype=np.int64),
-        ids=np.asarray(ids, dtype=np.int64) if include_ids else None,
-        subject_keys=list(keys),
-    )
+    return x
 
 
 def _stream_rows(store: ArtifactStore, chunk: SampleChunk, rows: np.ndarray, out: np.ndarray, out_idx: np.ndarray,

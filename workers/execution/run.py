@@ -48,14 +48,14 @@ from service.job import repository as job_repo
 from service.job import service as job_service
 from service.model_registry import repository as registry_repo
 from service.model_registry import service as registry_service
-from service.model_registry.samples import read_samples
+from service.model_registry.samples import read_inputs, read_samples
 from service.models import Job, JobKind, JobStatus, JobStep, Model, Split
 from workers.execution.common import HOOKS, PRIVATE_PREFIX, WEIGHTS_PREFIX, JobAbandoned, hook, json_safe, out_of_memory, touch  # noqa: F401  (HOOKS: tests)
 
 from workers.execution.publish import publish
 from workers.runtime import Runtime
 from workers.unlearning.bounds import Bound
-from workers.unlearning.data import TensorSource, concat
+from workers.unlearning.data import LazySource, TensorSource, concat
 from workers.unlearning.errors import ConfigError, InvalidDataError
 from workers.unlearning.methods import parse_config
 from workers.unlearning.methods.base import ForgettingMethod, ModelSpec
@@ -190,9 +190,15 @@ def _sources(rt: Runtime, model: Model, exclude: list[str], cfg) -> _Data:
             if part in ("core", "eval"):
                 s = read_samples(session, rt.store, model.id, splits=[getattr(Split, part).value], exclude_subject_keys=exclude)
                 return TensorSource(s.x, s.y, cs)
-            if part == "user":
-                s = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, include_ids=True)
-                return TensorSource(s.x, s.y, cs, ids=s.ids)
+            if part == "user":  # ids and labels now, inputs when a method needs them (a downdate does not)
+                s = read_samples(session, rt.store, model.id, splits=[Split.user.value], exclude_subject_keys=exclude, inputs=False)
+                ids = s.ids
+
+                def inputs(positions: np.ndarray) -> np.ndarray:
+                    with read_session(rt.session_factory) as later:
+                        return read_inputs(later, rt.store, model.id, ids[positions])
+
+                return LazySource(s.y, ids, inputs, cs)
             if part == "forget":
                 if not exclude:
                     return None

@@ -67,6 +67,47 @@ class TensorSource:
                 raise InvalidDataError(f"labels must lie in [0, {num_classes}); found {lo}..{hi}")
 
 
+class LazySource(TensorSource):
+    """A :class:`TensorSource` whose labels and ids are known now and whose inputs are read on first
+    use: ``load(positions)`` returns the inputs of those rows. A subset taken before that reads only
+    its own rows, when it needs them; a forget from kept statistics, and an evaluation on kept
+    features, never touch them."""
+
+    def __init__(self, y, ids, load, chunk_size: int = 4096, positions=None) -> None:
+        self.y = _as_tensor(y, torch.long).reshape(-1)
+        self.ids = _as_tensor(ids, torch.long).reshape(-1)
+        if self.ids.shape[0] != self.y.shape[0]:
+            raise InvalidDataError(f"y has {self.y.shape[0]} rows but ids has {self.ids.shape[0]}")
+        if chunk_size < 1:
+            raise InvalidDataError("chunk_size must be >= 1")
+        self.chunk_size = int(chunk_size)
+        self._load = load
+        self._positions = np.arange(len(self.y)) if positions is None else np.asarray(positions, dtype=np.int64)
+        self._x: torch.Tensor | None = None
+
+    @property
+    def x(self) -> torch.Tensor:  # type: ignore[override]
+        if self._x is None:
+            x = _as_tensor(self._load(self._positions))
+            if x.shape[0] != self.y.shape[0]:
+                raise InvalidDataError(f"read {x.shape[0]} input rows for {self.y.shape[0]} samples")
+            self._x = x if torch.is_floating_point(x) else x.float()
+        return self._x
+
+    @property
+    def loaded(self) -> bool:
+        return self._x is not None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index) -> TensorSource:
+        if self._x is not None:
+            return super().subset(index)
+        idx = _as_tensor(index, torch.long).reshape(-1)
+        return LazySource(self.y[idx], self.ids[idx], self._load, self.chunk_size, self._positions[idx.numpy()])
+
+
 def concat(*sources: TensorSource, chunk_size: int | None = None) -> TensorSource:
     xs = [s.x for s in sources]
     ys = [s.y for s in sources]

@@ -42,15 +42,34 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def compute_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
-    """float64 on CPU (the certificate is exact); float32 passes on GPU (reductions in float64)."""
+DTYPES = ("auto", "float64", "float32", "mixed")
+
+
+def compute_dtypes(device: torch.device, dtype: str | torch.dtype = "auto") -> tuple[torch.dtype, torch.dtype]:
+    """(prefix dtype, head dtype): the frozen prefix (feature extraction) runs in the first, the
+    linearised head, the user weights and everything the certificate rests on in the second.
+
+    ``float64``: both float64 (the certificate is exact). ``float32``: both float32 (fast, but the
+    gradient at float32 user weights floors near 1e-7, so the certified bound misses the KL
+    gate). ``mixed``: a float32 prefix and a float64 head: the features are whatever the float32
+    prefix computes (a fixed function of the input), and the Gram sums, the Newton step, the
+    gradient/residual and the bound are float64 on them, so the bound still certifies.
+    ``auto``: float64 on the CPU, ``mixed`` on CUDA."""
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return dtype, dtype
     if dtype == "auto":
-        return torch.float64 if device.type == "cpu" else torch.float32
+        dtype = "float64" if device.type == "cpu" else "mixed"
+    if dtype == "mixed":
+        return torch.float32, torch.float64
     if dtype in ("float64", "float32"):
-        return getattr(torch, dtype)
-    raise ConfigError(f"dtype must be 'auto', 'float64' or 'float32', got {dtype!r}")
+        t = getattr(torch, dtype)
+        return t, t
+    raise ConfigError(f"dtype must be one of {', '.join(repr(d) for d in DTYPES)}, got {dtype!r}")
+
+
+def compute_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """The head's (user weights') dtype of :func:`compute_dtypes`."""
+    return compute_dtypes(device, dtype)[1]
 
 
 def _param_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -73,8 +92,9 @@ class MixedLinearModel(nn.Module):
     ) -> None:
         super().__init__()
         self.device_ = resolve_device(device)
-        self.dtype_ = compute_dtype(self.device_, dtype)
-        self.network = network.to(device=self.device_, dtype=self.dtype_)
+        self.precision = dtype  # as asked ("auto", "mixed", ...): a rebuild on this device gets the same dtypes
+        self.prefix_dtype_, self.dtype_ = compute_dtypes(self.device_, dtype)
+        self.network = network.to(device=self.device_, dtype=self.prefix_dtype_)
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.linearize = linearize
@@ -144,6 +164,25 @@ class MixedLinearModel(nn.Module):
         mods = [m for m in self.head.modules() if not isinstance(m, (nn.Sequential, nn.Identity, nn.Flatten))]
         self._affine = mods[0] if (len(mods) == 1 and isinstance(mods[0], nn.Linear)
                                    and set(self._lin) == {n for n, _ in self.head.named_parameters()}) else None
+        self._cast()
+
+    def _cast(self) -> None:
+        """The prefix in ``prefix_dtype_``, the head (all of the network when there is no prefix)
+        in ``dtype_``; parameters stay shared with ``self.network``."""
+        if self.prefix is not None:
+            self.prefix.to(dtype=self.prefix_dtype_)
+        self.head.to(dtype=self.dtype_)
+
+    @property
+    def keeps_features(self) -> bool:
+        """A float32 prefix does not reproduce its outputs bit for bit across batch shapes: its
+        features are computed once per sample and kept with the Gram sums (``GramState.F``)."""
+        return self.prefix is not None and self.prefix_dtype_ != torch.float64
+
+    @property
+    def train_dtype(self) -> torch.dtype:
+        """The dtype the whole network is trained in (the core): the prefix's."""
+        return self.prefix_dtype_ if self.prefix is not None else self.dtype_
 
     # -- parameters -----------------------------------------------------------------------
     def _lin_core(self) -> dict[str, torch.Tensor]:
@@ -188,11 +227,10 @@ class MixedLinearModel(nn.Module):
     # -- passes ----------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs to the head (the linearised layers); identity when everything is linearised."""
-        x = x.to(device=self.device_, dtype=self.dtype_)
         if self.prefix is None:
-            return x
-        with torch.no_grad():
-            return self.prefix(x)
+            return x.to(device=self.device_, dtype=self.dtype_)
+        with torch.no_grad():  # a float32 prefix (mixed) hands float64 features to the head
+            return self.prefix(x.to(device=self.device_, dtype=self.prefix_dtype_)).to(self.dtype_)
 
     def _head_fn(self, feats: torch.Tensor):
         frozen = {n: p for n, p in self.head.named_parameters() if n not in self.user}
@@ -228,7 +266,7 @@ class MixedLinearModel(nn.Module):
 
     def core_output(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.network(x.to(device=self.device_, dtype=self.dtype_))
+            return self.head(self.features(x))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -30,6 +30,7 @@ Progress = Callable[[dict], None] | None
 
 RELIABLE_DROP = 1e-2  # float32 CG: recompute the true residual in float64 at every 100-fold drop
 MAX_FAST_STEPS = 8
+CPU_SOLVE_MAX = 1024  # an affine head's (h+1)×(h+1) Newton system up to this size is solved on the CPU
 
 
 @dataclass
@@ -80,7 +81,15 @@ class GramState:
     :meth:`Objective.residual_error` carries that error into the bound.
 
     ``ids`` are the fitted set's sample ids, sorted (int64): a downdate may only remove ids
-    that are in it, each once (a second removal of the same sample is refused)."""
+    that are in it, each once (a second removal of the same sample is refused).
+
+    ``F`` (optional; rows aligned with ``ids``, on the CPU, in the prefix's dtype): the fitted
+    samples' features exactly as they were summed. A float32 prefix (``dtype: mixed``) does not
+    reproduce its outputs bit for bit across batch shapes (different kernels; ~1e-8 here, more on
+    a GPU), and a downdate that subtracted *recomputed* features would leave an error in the sums
+    that no rounding term covers. So with a float32 prefix the features are computed once per
+    sample and kept: a downdate subtracts the kept rows, and the model's ``f_ML`` on its fitted
+    set is defined by them (the evaluation of retained samples reuses them too)."""
 
     G: torch.Tensor
     B: torch.Tensor
@@ -89,22 +98,32 @@ class GramState:
     eG: float = 0.0
     eB: float = 0.0
     ids: torch.Tensor | None = None
+    F: torch.Tensor | None = None
 
     def __sub__(self, other: "GramState") -> "GramState":
         G, B = self.G - other.G, self.B - other.B
         eG, eB = _combined_error(self, other, G, B)
-        ids = None
+        ids, F = None, None
         if self.ids is not None and other.ids is not None:
-            ids = self.ids[~torch.isin(self.ids, other.ids)]
-        return GramState(G, B, self.c0 - other.c0, self.n - other.n, eG, eB, ids)
+            stay = ~torch.isin(self.ids, other.ids)
+            ids = self.ids[stay]
+            F = self.F[stay] if self.F is not None else None
+        return GramState(G, B, self.c0 - other.c0, self.n - other.n, eG, eB, ids, F)
 
     def __add__(self, other: "GramState") -> "GramState":
         G, B = self.G + other.G, self.B + other.B
         eG, eB = _combined_error(self, other, G, B)
-        ids = None
+        ids, F = None, None
         if self.ids is not None and other.ids is not None:
-            ids = torch.sort(torch.cat([self.ids, other.ids])).values
-        return GramState(G, B, self.c0 + other.c0, self.n + other.n, eG, eB, ids)
+            ids, order = torch.sort(torch.cat([self.ids, other.ids]))
+            if self.F is not None and other.F is not None:
+                F = torch.cat([self.F, other.F])[order]
+        return GramState(G, B, self.c0 + other.c0, self.n + other.n, eG, eB, ids, F)
+
+    def features_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The kept feature rows of these ids (each must be in ``self.ids``)."""
+        pos = torch.searchsorted(self.ids, ids.to(torch.int64).cpu())
+        return self.F[pos]
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """For a private safetensors file next to the noise-free weights (it is user data)."""
@@ -112,6 +131,8 @@ class GramState:
                "err": torch.tensor([self.eG, self.eB], dtype=torch.float64)}
         if self.ids is not None:
             out["ids"] = self.ids.cpu().to(torch.int64).contiguous()
+        if self.F is not None:
+            out["F"] = self.F.cpu().contiguous()
         return out
 
     @classmethod
@@ -122,7 +143,7 @@ class GramState:
         else:  # sums kept before the error terms existed: one pass over n samples (no downdate was stored)
             eG, eB = _pass_error(n, G.shape[0], float(torch.trace(G)), float(t["c0"][0]))
         ids = t["ids"].to(torch.int64) if "ids" in t else None
-        return cls(G, B, float(t["c0"][0]), n, eG, eB, ids)
+        return cls(G, B, float(t["c0"][0]), n, eG, eB, ids, t.get("F"))
 
 
 def _combined_error(a: "GramState", b: "GramState", G: torch.Tensor, B: torch.Tensor) -> tuple[float, float]:
@@ -152,9 +173,10 @@ def _pass_error(n: int, width: int, sum_a2: float, c0: float, depth: int | None 
     return ERR_SAFETY * g * s_a2, ERR_SAFETY * g * math.sqrt(s_c0 * s_a2)
 
 
-def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | None = None) -> GramState:
+def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | None = None, keep_features: bool = False) -> GramState:
     """One streamed pass: the Gram sums of (features, labels) chunks, with their rounding-error
-    bounds (:func:`_pass_error`) and the samples' ``ids`` (sorted; ``None``: 0..n−1)."""
+    bounds (:func:`_pass_error`) and the samples' ``ids`` (sorted; ``None``: 0..n−1);
+    ``keep_features``: the features too (``GramState.F``, in the prefix's dtype, on the CPU)."""
     m = model
     lin = lin or _linear_head(m)
     if lin is None:
@@ -163,7 +185,10 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | Non
     G = torch.zeros(h + 1, h + 1, dtype=torch.float64, device=m.device_)
     B = torch.zeros(lin.out_features, h + 1, dtype=torch.float64, device=m.device_)
     c0, n, sum_a2, n_chunks, max_chunk = 0.0, 0, 0.0, 0, 0
+    kept: list[torch.Tensor] = []
     for feats, y in chunks:
+        if keep_features:
+            kept.append(feats.detach().to("cpu", model.prefix_dtype_))
         a = torch.cat([feats.to(torch.float64), torch.ones(feats.shape[0], 1, dtype=torch.float64, device=m.device_)], dim=1)
         with torch.no_grad():
             f0 = m.head(feats).to(torch.float64)
@@ -176,8 +201,15 @@ def gram_sums(model: MixedLinearModel, chunks, lin=None, ids: torch.Tensor | Non
         n_chunks += 1
         max_chunk = max(max_chunk, int(feats.shape[0]))
     eG, eB = _pass_error(n, h + 1, sum_a2, c0, depth=max_chunk + n_chunks + 1)
-    ids = torch.arange(n, dtype=torch.int64) if ids is None else _sorted_ids(ids, n)
-    return GramState(G, B, c0, n, eG, eB, ids)
+    F = torch.cat(kept) if keep_features and kept else None
+    if ids is None:
+        ids = torch.arange(n, dtype=torch.int64)
+    else:
+        raw = torch.as_tensor(ids, dtype=torch.int64).reshape(-1).cpu()
+        ids = _sorted_ids(raw, n)
+        if F is not None:
+            F = F[torch.argsort(raw, stable=True)]
+    return GramState(G, B, c0, n, eG, eB, ids, F)
 
 
 def _sorted_ids(ids, n: int) -> torch.Tensor:
@@ -192,7 +224,8 @@ def _sorted_ids(ids, n: int) -> torch.Tensor:
 
 def gram_state(model: MixedLinearModel, source: TensorSource) -> GramState:
     """Gram sums of a data source (features through the frozen prefix, chunk by chunk)."""
-    return gram_sums(model, ((model.features(x), y) for x, y in source), ids=getattr(source, "ids", None))
+    return gram_sums(model, ((model.features(x), y) for x, y in source), ids=getattr(source, "ids", None),
+                     keep_features=model.keeps_features)
 
 
 def _tensors(state) -> list[torch.Tensor]:
@@ -324,7 +357,8 @@ class Objective:
             yield from self._fast_states()
 
     def _build_gram(self, lin) -> None:
-        self._set_gram(gram_sums(self.model, self.chunks(), lin, ids=getattr(self.source, "ids", None)))
+        self._set_gram(gram_sums(self.model, self.chunks(), lin, ids=getattr(self.source, "ids", None),
+                                 keep_features=self.model.keeps_features))
 
     def _set_gram(self, g: "GramState") -> None:
         m = self.model
@@ -380,8 +414,13 @@ class Objective:
         """H d = g for an affine head: H acts as (G + μI) on every output's row, so one Cholesky
         factorisation of the (h+1)×(h+1) matrix solves all of them exactly (no CG needed)."""
         G = self._gram[0]
+        rhs = self._to_aug(g).T
+        if G.device.type != "cpu" and G.shape[0] <= CPU_SOLVE_MAX:
+            # tiny dense float64 algebra: a GPU launches several kernels (and float64 is slow on many
+            # GPUs) for a few hundred rows; the CPU factorises it in well under a millisecond
+            G, rhs = G.cpu(), rhs.cpu()
         L = torch.linalg.cholesky(G + self.mu * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
-        D = torch.cholesky_solve(self._to_aug(g).T, L).T
+        D = torch.cholesky_solve(rhs, L).T.to(self._gram[0].device)
         return self._from_aug(D)
 
     def _to_aug(self, vec: torch.Tensor) -> torch.Tensor:

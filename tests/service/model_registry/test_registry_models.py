@@ -49,6 +49,7 @@ def test_an_explicit_family_the_method_serves_is_accepted(client, db):
     ({"method_config": {"tol": 0}}, "tol"), ({"name": "-leading-dash"}, "name"), ({"name": "x" * 65}, "name"),
     ({"architecture_config": [1, 2]}, "architecture_config"),
     ({"method_config": {"unknown_key": 1}}, "unknown_key"), ({"method_config": {"dtype": "float16"}}, "dtype"),
+    ({"method_config": {"pass_dtype": "float16"}}, "pass_dtype"), ({"method_config": {"pass_dtype": "mixed"}}, "pass_dtype"),
     ({"method_config": {"method": "gradient_ascent"}}, "method"), ({"method_config": {"cache_bytes": -1}}, "cache_bytes"),
     ({"family": "transformer"}, "family"), ({"family": "standard"}, "family"), ({"family": None, "method": "nope"}, "method"),
 ])
@@ -140,9 +141,10 @@ def test_every_key_of_the_method_config_is_settable_and_stored_whole(client, db)
     from workers.unlearning.methods import config_classes
 
     lib = config_classes()["mixed_linear"]
-    r = _register(client, method_config={"dtype": "float32", "precondition": True, "cache_bytes": 0, "l2": 0.25})
+    r = _register(client, method_config={"dtype": "mixed", "pass_dtype": "float32", "precondition": True, "cache_bytes": 0, "l2": 0.25})
     assert r.status_code == 201, r.text
     stored = db.execute(select(Model)).scalar_one().method_config
     assert set(stored) == set(lib.model_fields) - {"method"}
-    assert stored == {**lib().model_dump(mode="json", exclude={"method"}), "dtype": "float32", "precondition": True, "cache_bytes": 0, "l2": 0.25}
-    assert lib(**stored).dtype == "float32"  # what the worker parses is what the API accepted
+    assert stored == {**lib().model_dump(mode="json", exclude={"method"}), "dtype": "mixed", "pass_dtype": "float32", "precondition": True,
+                      "cache_bytes": 0, "l2": 0.25}
+    assert (lib(**stored).dtype, lib(**stored).pass_dtype) == ("mixed", "float32")  # what the worker parses is what the API accepted

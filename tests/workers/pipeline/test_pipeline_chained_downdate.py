@@ -38,6 +38,21 @@ def _user_aug(model) -> np.ndarray:
     return np.concatenate([W, b[:, None]], axis=1)
 
 
+def _forget(rt, model_id, subject: str, before=None) -> None:
+    """File a request for ``subject`` (after ``before(session, model)``), run forget-now to success."""
+    with rt.session_factory.begin() as s:
+        model = s.get(Model, model_id)
+        if before is not None:
+            before(s, model)
+        file_request(s, model, subject)
+        job_id = job_service.forget_now(s, rt.settings, model, "test").id
+    assert run_job(rt, job_id) == "succeeded"
+
+
+def _latest(s, model_id) -> ModelVersion:
+    return s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+
+
 def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypatch):
     data = make_data(n_subjects=30, per_subject=6)
     with rt.session_factory.begin() as s:
@@ -68,20 +83,18 @@ def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypat
     rng = np.random.default_rng(5)
     for k in range(10):
         gone = f"subject-{3 * k:03d}"
-        with rt.session_factory.begin() as s:
-            model = s.get(Model, model_id)
-            if k == 4:  # new samples arrive between forgets: the downdate adds them
-                xn = rng.normal(size=(8, data["d"])).astype(np.float32)
-                yn = rng.integers(0, data["classes"], size=8)
-                ingest(s, rt.store, model, xn, yn, ["late-subject"] * 8, "user")
-                extra_x.append(xn)
-                extra_y.append(yn)
-            file_request(s, model, gone)
-            job_id = job_service.forget_now(s, rt.settings, model, "test").id
-        assert run_job(rt, job_id) == "succeeded"
+
+        def late(s, model):  # new samples arrive between forgets: the downdate adds them
+            xn = rng.normal(size=(8, data["d"])).astype(np.float32)
+            yn = rng.integers(0, data["classes"], size=8)
+            ingest(s, rt.store, model, xn, yn, ["late-subject"] * 8, "user")
+            extra_x.append(xn)
+            extra_y.append(yn)
+
+        _forget(rt, model_id, gone, late if k == 4 else None)
         live &= subjects != gone
         with rt.session_factory() as s:
-            v = s.execute(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())).scalars().first()
+            v = _latest(s, model_id)
             assert v.number == k + 2
             bound, private = v.bound, load_model(rt.store.path(v.private_uri))
             cfg = s.get(Model, model_id).method_config
@@ -95,3 +108,60 @@ def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypat
         assert bound["kl_nats"] >= true_kl, (k, bound, true_kl)
     # every forget went by the kept statistics, none rebuilt D_r's Gram from all of it
     assert calls == {"rebuild": 0, "downdate": 10}
+
+
+def test_mixed_precision_chained_forgets_downdate_by_kept_features_and_stay_exact(rt, monkeypatch):
+    """dtype: mixed (what auto means on CUDA) through the pipeline: a float32 prefix, float64 head
+    and user weights; three chained forgets downdate the kept sums by the kept feature rows, and
+    every version equals the dense float64 solve on exactly the features it keeps (which are the
+    float32 prefix's outputs of the retained samples), with the bound above the true KL."""
+    from safetensors.torch import load as st_load
+
+    from service.model_registry import repository as registry_repo
+    from service.models import Sample
+    from workers.unlearning import GramState
+    from workers.unlearning.serialization import load_model_from_bytes
+
+    data = make_data(n_subjects=30, per_subject=6)
+    with rt.session_factory.begin() as s:
+        m = register_model(s, "chainmixed")
+        m.method_config = {**m.method_config, "dtype": "mixed"}
+        load_all(s, rt.store, m, data)
+        model_id = m.id
+        job_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id
+    assert run_job(rt, job_id) == "succeeded"
+    rebuilds = []
+    real_solve = MixedLinear._solve
+    monkeypatch.setattr(MixedLinear, "_solve", lambda self, *a, **k: rebuilds.append(1) or real_solve(self, *a, **k))
+    xu, yu = data["user"]
+    subjects = np.array(data["subjects"])
+    live = np.ones(len(yu), dtype=bool)
+    for k in range(3):
+        gone = f"subject-{3 * k:03d}"
+        _forget(rt, model_id, gone)
+        live &= subjects != gone
+        with rt.session_factory() as s:
+            v = _latest(s, model_id)
+            cfg = s.get(Model, model_id).method_config
+            arts = registry_repo.private_artifacts(s, v)
+            assert v.number == k + 2 and v.bound["guarantee"] == "certified" and not rebuilds  # the downdate, no fallback
+            kept = GramState.from_tensors(st_load(rt.store.read_bytes(arts["gram"])))
+            labels = dict(s.execute(select(Sample.id, Sample.label).where(Sample.id.in_(kept.ids.tolist()))).all())
+        private = load_model_from_bytes(rt.store.read_bytes(arts["weights"]), dtype="mixed")
+        assert kept.F is not None and kept.F.dtype == torch.float32 and len(kept.ids) == int(live.sum()) == len(labels)
+        # the kept rows are the float32 prefix's features of exactly the retained samples
+        phi = private.features(torch.from_numpy(xu[live])).double()
+        F = kept.F.double()
+        assert torch.allclose(F.T @ F, phi.T @ phi, rtol=1e-5, atol=1e-5)
+        # dense float64 solve on the kept features (numpy; none of the library's sums or solvers)
+        lin = [mod for mod in private.head.modules() if isinstance(mod, torch.nn.Linear)][0]
+        Wc, bc = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
+        y = np.array([labels[int(i)] for i in kept.ids])
+        A = np.concatenate([F.numpy(), np.ones((len(y), 1))], axis=1)
+        T = np.zeros((len(y), Wc.shape[0]))
+        T[np.arange(len(y)), y] = 1.0
+        w_star = np.linalg.solve(A.T @ A / len(y) + cfg["l2"] * np.eye(A.shape[1]), -(A.T @ (F.numpy() @ Wc.T + bc - T)) / len(y)).T
+        w = _user_aug(private)
+        assert np.linalg.norm(w - w_star) / np.linalg.norm(w_star) <= 1e-9
+        true_kl = float(((w - w_star) ** 2).sum() / (2 * cfg["noise_std"] ** 2))
+        assert true_kl <= v.bound["kl_nats"] <= cfg["max_kl_per_release"]

@@ -124,3 +124,26 @@ def test_standard_method_contract(name):
     assert served and all(name not in served for name in (b"duals", b"private"))
     if method.supports("retrain"):
         assert method.bound(method.retrain(m1, TensorSource(x[5:], y[5:], ids=ids[5:]), cfg), cfg).guarantee == "exact"
+
+
+def test_a_lazy_source_reads_inputs_only_when_used_and_a_subset_only_its_rows():
+    import numpy as np
+    import torch
+
+    from workers.unlearning.data import LazySource
+
+    x = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    reads: list[list[int]] = []
+
+    def load(positions):
+        reads.append(list(map(int, positions)))
+        return x[torch.as_tensor(positions)].numpy()
+
+    src = LazySource(torch.arange(10) % 3, torch.arange(100, 110), load, chunk_size=4)
+    sub = src.subset(np.array([7, 2, 5]))
+    assert len(src) == 10 and len(sub) == 3 and reads == [] and not src.loaded
+    assert sub.ids.tolist() == [107, 102, 105] and sub.y.tolist() == [1, 2, 2]
+    assert torch.equal(torch.cat([xb for xb, _ in sub]), x[[7, 2, 5]]) and reads == [[7, 2, 5]]
+    assert len(src.subset(torch.zeros(0, dtype=torch.int64))) == 0 and len(reads) == 1
+    assert torch.equal(src.x, x) and reads[-1] == list(range(10)) and src.loaded
+    assert torch.equal(src.subset([1, 3]).x, x[[1, 3]]) and len(reads) == 2  # after loading: no further reads

@@ -209,6 +209,38 @@ def test_float32_passes_still_reach_float64_accuracy_when_ill_conditioned():
     assert rel(model.flatten(w), oracle.solve()) <= 1e-5
 
 
+def test_the_pass_dtype_config_runs_the_forget_on_float32_passes_and_still_meets_the_dense_oracle(monkeypatch):
+    """``pass_dtype: float32`` in the method config reaches the objective: CG multiplies in float32
+    (counted), yet the forget equals the dense float64 retrain and the bound stays above the true KL."""
+    import pydantic
+
+    model, method, cfg, x, y, subj, oracle = tiny_problem(n=40, hidden=[6], mu=1e-3)
+    cfg = cfg.model_copy(update={"tol": 1e-10, "noise_std": 1e-3})
+    assert method.config_cls().pass_dtype == "float64"  # opt-in
+    calls = {"fast": 0}
+    real = Objective.hvp_fast
+
+    def counting(self, v):
+        calls["fast"] += self._fast is not None
+        return real(self, v)
+
+    monkeypatch.setattr(Objective, "hvp_fast", counting)
+    c32 = method.config_cls(**{**cfg.model_dump(), "pass_dtype": "float32"})
+    method.fit(model, TensorSource(x, y, 7), c32)
+    keep = (subj != 2).nonzero().reshape(-1)
+    res = method.forget(model, TensorSource(x[keep], y[keep], 7), c32)
+    assert calls["fast"] > 0 and res.path == "explicit"
+    w, w_star = model.flatten(model.user), oracle.solve(keep)
+    assert res.converged and rel(w, w_star) <= 1e-7
+    true_kl = float((w - w_star).norm() ** 2 / (2 * c32.noise_std**2))
+    assert method.bound(res, c32).kl_nats >= true_kl
+    calls["fast"] = 0
+    method.forget(model, TensorSource(x[keep], y[keep], 7), cfg)  # the default: float64 passes only
+    assert calls["fast"] == 0
+    with pytest.raises(pydantic.ValidationError):
+        method.config_cls(pass_dtype="float16")
+
+
 def test_bad_data_is_refused(tiny):
     model, method, cfg, x, y, _, _ = tiny
     bad = x.clone()

@@ -160,7 +160,7 @@ def test_cuda_float32_passes_reach_the_float64_solution():
     model, method, cfg, x, y, _, oracle = tiny_problem(n=40, hidden=[8], activation="tanh")
     # a copy: building on CUDA moves the network, and the oracle keeps using the CPU one
     gpu = MixedLinearModel(copy.deepcopy(model.network), model.linearize, model.target_scale, architecture="mlp",
-                           architecture_config=model.architecture_config, device="cuda")
+                           architecture_config=model.architecture_config, device="cuda", dtype="float32")
     assert gpu.dtype_ == torch.float32
     c = cfg.model_copy(update={"tol": 1e-6, "max_newton_steps": 8})
     res = method.fit(gpu, TensorSource(x, y), c)

@@ -21,10 +21,18 @@ class MixedLinearConfig(MethodConfig):
     max_iter: int = Field(2000, ge=1, description="CG iterations, in total over Newton steps")
     max_newton_steps: int = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where new models are built (build_model)")
-    dtype: Literal["auto", "float64", "float32"] = Field(
-        "auto", description="dtype of the network and the user weights: auto = float64 on CPU, float32 on CUDA (CG scalars and "
-        "reductions are always float64). float32 user weights floor the gradient norm at 1e-8 to 1e-7, so the certified bound can miss "
-        "max_kl_per_release (then the job falls back to zero + retrain): choose float64 for certified forgets on CUDA",
+    dtype: Literal["auto", "float64", "float32", "mixed"] = Field(
+        "auto", description="precision of the network and the user weights. float64: everything (the certificate is exact); mixed: the "
+        "frozen prefix (feature extraction) in float32, the linearised head, the user weights, the Gram sums, the Newton step, the "
+        "gradient/residual and the bound in float64 (certifies; the GPU setting); float32: everything in float32 (the gradient at "
+        "float32 user weights floors near 1e-7, so the bound misses max_kl_per_release and the job falls back to zero + retrain); "
+        "auto = float64 on CPU, mixed on CUDA. CG scalars and reductions are always float64",
+    )
+    pass_dtype: Literal["float64", "float32"] = Field(
+        "float64", description="dtype of CG's Hessian-vector products on the explicit path (a head of Linear layers and activations, "
+        "e.g. linearize='all' on an MLP): float32 runs them with float64 sums, reliable float64 residual updates and a float64 "
+        "gradient, so the bound stays sound; cheaper per iteration, but ill-conditioned sets need more iterations. No effect on an "
+        "affine head (Cholesky) or on the generic path",
     )
     precondition: bool = Field(False, description="Jacobi-precondition CG (explicit path only; the benchmark found it slower on MLPs)")
     cache_bytes: int = Field(512 * 2**20, ge=0, description="cache per-chunk head inputs/activations up to this size, else stream")

@@ -123,8 +123,12 @@ class MixedLinear:
         """Cross-entropy on the core split only (Adam, deterministic given ``cfg.seed``).
         The user weights are reset to 0: they are defined relative to the core."""
         _check(model, core, "core")
-        out = train_cross_entropy(model.network, core, epochs=cfg.core_epochs, lr=cfg.core_lr, batch_size=cfg.core_batch_size,
-                                  seed=cfg.seed, device=model.device_, dtype=model.dtype_, progress=progress)
+        model.network.to(dtype=model.train_dtype)  # mixed: the whole network trains in float32, the head goes back to float64
+        try:
+            out = train_cross_entropy(model.network, core, epochs=cfg.core_epochs, lr=cfg.core_lr, batch_size=cfg.core_batch_size,
+                                      seed=cfg.seed, device=model.device_, dtype=model.train_dtype, progress=progress)
+        finally:
+            model._cast()
         model.zero_user()
         model.fitted_gram = None  # features changed: old sums no longer describe this model
         return out
@@ -133,7 +137,9 @@ class MixedLinear:
     def _solve(self, model, source, cfg, start, progress) -> SolveResult:
         _check_scale(model, cfg)
         _check(model, source, "training" if start is None else "retained")
-        obj = Objective(model, source, cfg.l2, precondition=cfg.precondition, cache_bytes=cfg.cache_bytes)
+        # float32 CG products only where asked (None: the model's dtype; the gradient and the residual stay in it)
+        fast = torch.float32 if cfg.pass_dtype == "float32" else None
+        obj = Objective(model, source, cfg.l2, precondition=cfg.precondition, cache_bytes=cfg.cache_bytes, pass_dtype=fast)
         w0 = start if start is not None else {k: torch.zeros_like(v) for k, v in model.user.items()}
         w, res = obj.minimise(w0, tol=cfg.tol, max_iter=cfg.max_iter, max_newton_steps=cfg.max_newton_steps, progress=progress)
         model.user = w
@@ -165,7 +171,8 @@ class MixedLinear:
         fitted = model.fitted_gram
         if len(added):
             _check(model, added, "retained")
-            fitted = fitted + gram_sums(model, ((model.features(x), y) for x, y in added), ids=added.ids)
+            fitted = fitted + gram_sums(model, ((model.features(x), y) for x, y in added), ids=added.ids,
+                                        keep_features=model.keeps_features and fitted.F is not None)
         res, _ = self.forget_downdate(model, fitted, gone, cfg, progress)
         res.path = "gram-downdate"
         return res
@@ -176,6 +183,8 @@ class MixedLinear:
         fitted = model.fitted_gram
         if fitted is None or fitted.ids is None or retained.ids is None or len(retained) == 0:
             return None
+        if not MixedLinear._sums_fit_the_model(model, fitted):
+            return None  # kept under another prefix precision: rebuild D_r's sums from its samples
         if removed is not None and len(removed) and removed.ids is None:
             return None
         kept = fitted.ids.cpu()
@@ -185,7 +194,7 @@ class MixedLinear:
         if removed is None or not len(removed):
             if gone_ids.numel():
                 return None
-            gone = TensorSource(retained.x[:0], retained.y[:0], retained.chunk_size, ids=r_ids[:0])
+            gone = retained.subset(torch.zeros(0, dtype=torch.int64))  # no inputs read
         else:
             rm_ids = removed.ids.to(torch.int64).cpu()
             if not bool(torch.isin(gone_ids, rm_ids).all()):
@@ -209,12 +218,17 @@ class MixedLinear:
             fitted = model.fitted_gram
         if fitted is None:
             raise InvalidDataError("no Gram sums of the fitted set: fit first, or pass them (GramState.from_tensors)")
+        if not self._sums_fit_the_model(model, fitted):
+            raise InvalidDataError(
+                "the kept Gram sums were computed under another prefix precision than this model's "
+                f"({model.precision!r}: a float32 prefix needs the features kept with its sums): refit to downdate"
+            )
         gone = self._removed_ids(fitted, removed)
         if len(removed) >= fitted.n:
             raise InvalidDataError("the retained set would be empty")
         if len(removed):
             removed.validate(_num_outputs(model, removed))
-            retained = fitted - gram_sums(model, ((model.features(x), y) for x, y in removed), ids=gone)
+            retained = fitted - gram_sums(model, self._removed_features(model, fitted, removed, gone), ids=gone)
         else:
             retained = fitted
         obj = Objective.from_gram(model, retained, cfg.l2)
@@ -224,6 +238,26 @@ class MixedLinear:
         model.fitted_gram = retained
         res.operation = "forget"
         return res, retained
+
+    @staticmethod
+    def _sums_fit_the_model(model: MixedLinearModel, fitted: GramState) -> bool:
+        """A float32 prefix recomputes features only up to its rounding, so its sums are downdated
+        by kept rows alone; kept rows serve only a model whose prefix computes in their dtype."""
+        if fitted.F is None:
+            return not model.keeps_features
+        return model.keeps_features and fitted.F.dtype == model.prefix_dtype_
+
+    @staticmethod
+    def _removed_features(model: MixedLinearModel, fitted: GramState, removed: TensorSource, gone: torch.Tensor):
+        """(features, labels) chunks of the removed samples: the kept rows, in the order of ``gone``
+        (their sorted ids), when the sums kept their features (exactly what was added); else
+        computed by the prefix."""
+        if fitted.F is None:  # sums only: row order does not matter
+            yield from ((model.features(x), y) for x, y in removed)
+            return
+        feats, y = fitted.features_of(gone), removed.y[torch.argsort(removed.ids.to(torch.int64).cpu(), stable=True)]
+        for i in range(0, len(gone), removed.chunk_size):
+            yield feats[i : i + removed.chunk_size].to(model.device_, model.dtype_), y[i : i + removed.chunk_size]
 
     @staticmethod
     def _removed_ids(fitted: GramState, removed: TensorSource) -> torch.Tensor:
@@ -265,7 +299,7 @@ class MixedLinear:
         if core_source is not None:
             fresh = MixedLinearModel.build(
                 model.architecture, model.architecture_config, model.linearize, model.target_scale, device=model.device_,
-                dtype=model.dtype_, seed=cfg.seed,
+                dtype=model.precision, seed=cfg.seed,
             ) if model.architecture else None
             if fresh is not None:
                 with torch.no_grad():
