@@ -138,10 +138,12 @@ async def _create(state, pool: AsyncConnectionPool, scope: Scope, body: bytes) -
     try:
         async with pool.connection() as conn:
             got = await repo.insert_with_policy_on(conn, values, **service.one_statement_policy(data))
-    except psycopg.Error:
+    except psycopg.Error as exc:
         # The route tries again on its own connection and answers (a retry of a create that did
-        # commit is a replay or a merge there, never a duplicate).
-        log.warning("intake fast path: database error, the route answers", exc_info=True)
+        # commit is a replay or a merge there, never a duplicate). The error's class and SQLSTATE
+        # only: its message and DETAIL ("Failing row contains (…)") can hold the raw subject_id.
+        log.warning("intake fast path: database error %s (SQLSTATE %s), the route answers",
+                    type(exc).__name__, exc.sqlstate)
         return None
     if got is None:
         return None

@@ -172,3 +172,22 @@ def test_a_request_for_every_model_takes_the_strictest_policy_on_the_fast_path_t
         body = r.json()
         assert body["model"] is None and body["status"] == "awaiting_approval" and body["approved_by"] is None
         assert 6.99 < body["days_left"] <= 7
+
+
+def test_a_database_error_on_the_fast_path_logs_no_raw_subject_id(committed_app, committed_model, paths, monkeypatch,
+                                                                   caplog):
+    """A PostgreSQL error's message and DETAIL ("Failing row contains (…)") can hold the row's
+    raw subject_id: the fast path logs the error's class and SQLSTATE only."""
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202
+
+    async def broken(*args, **kwargs):
+        raise psycopg.errors.CheckViolation('new row violates check constraint; Failing row contains (raw-subject-771)')
+
+    monkeypatch.setattr(repository, "insert_with_policy_on", broken)
+    with caplog.at_level("WARNING", logger="lethe.intake"):
+        r = _post(committed_app, subject_id="raw-subject-771", model="m1")
+    assert r.status_code == 202 and paths["route"] == 2
+    logged = caplog.text  # messages and any traceback
+    assert "CheckViolation" in logged and "23514" in logged
+    assert "raw-subject-771" not in logged
