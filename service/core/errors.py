@@ -7,12 +7,13 @@ HTTP exceptions are mapped to the same shape, so a client never sees another err
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lethe.errors")
@@ -173,7 +174,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if isinstance(exc, DBAPIError):
+            # The stack, the driver error's class and SQLSTATE, not the message: SQLAlchemy's holds
+            # the statement's parameters and the driver's DETAIL ("Failing row contains (…)"),
+            # both of which can be a raw subject id.
+            orig = exc.orig if exc.orig is not None else exc
+            log.error("unhandled database error on %s %s: %s (SQLSTATE %s)\n%s", request.method, request.url.path,
+                      type(orig).__name__, getattr(orig, "sqlstate", None), "".join(traceback.format_tb(exc.__traceback__)))
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = {
             "type": TYPE_BASE + "internal-error",
             "title": "Internal server error",

@@ -191,3 +191,34 @@ def test_a_database_error_on_the_fast_path_logs_no_raw_subject_id(committed_app,
     logged = caplog.text  # messages and any traceback
     assert "CheckViolation" in logged and "23514" in logged
     assert "raw-subject-771" not in logged
+
+
+def test_a_database_error_the_route_cannot_handle_logs_no_raw_subject_id(committed_app, committed_model, paths, monkeypatch,
+                                                                          caplog):
+    """The route's 500 (the fallback of the fast path's database error): SQLAlchemy's message
+    carries the statement's parameters and the driver's DETAIL, both with the raw subject_id;
+    the log keeps the stack, the error's class and SQLSTATE, not the message."""
+    import sqlalchemy.exc  # noqa: PLC0415
+
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202
+    raw = "raw-subject-772"
+    driver = psycopg.errors.CheckViolation(f"new row violates check constraint; Failing row contains ({raw})")
+
+    async def broken_fast(*args, **kwargs):
+        raise driver
+
+    def broken_route(*args, **kwargs):
+        raise sqlalchemy.exc.IntegrityError("INSERT INTO deletion_requests …", {"subject_id": raw}, driver)
+
+    monkeypatch.setattr(repository, "insert_with_policy_on", broken_fast)
+    monkeypatch.setattr(router, "_create_in_one_transaction", broken_route)
+    committed_app._transport.raise_server_exceptions = False
+    try:
+        with caplog.at_level("WARNING"):
+            r = _post(committed_app, subject_id="raw-subject-772", model="m1")
+    finally:
+        committed_app._transport.raise_server_exceptions = True
+    assert r.status_code == 500 and "raw-subject-772" not in r.text
+    assert "broken_route" in caplog.text and "CheckViolation" in caplog.text and "23514" in caplog.text
+    assert "raw-subject-772" not in caplog.text
