@@ -118,7 +118,8 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
     },
     ("/v1/models/{name}/samples", "post"): {
         409: {"description": "A subject or class was deleted from the model (no renewed consent), a subject has an open "
-                             "deletion request, or a row breaks a mapped class (subjects_are_classes)"},
+                             "deletion request, a row breaks a mapped class (subjects_are_classes), or an active job "
+                             "is forgetting a row's class"},
     },
     ("/v1/models/{name}/classes/{label}/forget", "post"): {
         409: {"description": "An active job; or the label has no training sample (never existed or already forgotten), "

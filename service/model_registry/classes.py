@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from service.audit.service import append_event
 from service.core.errors import Conflict, ValidationFailed
 from service.core.security import subject_key
-from service.models import ClassSubject, ClassTombstone, Model, Sample, Split
+from service.models import ACTIVE_JOB_STATUSES, ClassSubject, ClassTombstone, Job, Model, Sample, Split
 from service.models._types import utcnow
 from workers.unlearning.methods import config_classes  # torch-free: the configs only
 
@@ -53,6 +53,10 @@ class ClassSubjectMismatch(Conflict):
 
 class ClassTombstoned(Conflict):
     type, title = "class-deleted", "This class was forgotten by the model"
+
+
+class ClassBeingForgotten(Conflict):
+    type, title = "class-being-forgotten", "A job of the model is forgetting this class"
 
 
 def _aware(at: datetime) -> datetime:
@@ -206,6 +210,16 @@ def guard_upload(session: Session, model: Model, keys: Sequence[str], labels: Se
                 "later than the deletion, for the class's subject only",
                 row=row, label=stone.label, deleted_at=_aware(stone.deleted_at).isoformat(),
             )
+    # publish deletes every remaining sample of the class (forget_classes): a row accepted now
+    # would be deleted with no request and no receipt of its subject
+    forgetting = _being_forgotten(session, model.id) if present else {}
+    for label in present:
+        if label in forgetting:
+            raise ClassBeingForgotten(
+                f"class {label} of model '{model.name}' is being forgotten by job {forgetting[label]}: upload its samples "
+                "once the job has ended (a forgotten class then needs renewed consent)",
+                row=list(labels).index(label), label=label, job_id=str(forgetting[label]),
+            )
     if model.subjects_are_classes:
         current = mapping(session, model.id)
         by_key = {k: lbl for lbl, k in current.items()}
@@ -215,6 +229,16 @@ def guard_upload(session: Session, model: Model, keys: Sequence[str], labels: Se
                     f"row {row}: class {label if label in current else by_key[key]} of model '{model.name}' is a person; "
                     "its samples are its subject's only, and that subject's samples carry its label only", row=row)
     return stones
+
+
+def _being_forgotten(session: Session, model_id: int) -> dict[int, uuid.UUID]:
+    """label -> id of the model's active job that forgets that class (its config's ``classes``)."""
+    out: dict[int, uuid.UUID] = {}
+    for job_id, config in session.execute(select(Job.id, Job.config).where(
+            Job.model_id == model_id, Job.status.in_([s.value for s in ACTIVE_JOB_STATUSES]))).all():
+        for label in (config or {}).get("classes") or []:
+            out.setdefault(int(label), job_id)
+    return out
 
 
 def lift(session: Session, model: Model, stones: Sequence[ClassTombstone], renewed: datetime, actor: str) -> None:

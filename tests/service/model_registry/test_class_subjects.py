@@ -188,3 +188,19 @@ def test_a_forgotten_class_refuses_new_samples_until_its_subject_renews_consent(
     assert renewed.payload["label"] == 2 and renewed.subject_key == key
     read = client.get("/v1/models/faces", headers=client.auth("operator")).json()
     assert read["forgotten_classes"] == [] and read["classes_mapped"] == 1
+
+
+def test_a_class_an_active_job_forgets_refuses_new_samples_of_it(client, db, faces):
+    """Publish deletes every remaining sample of a forgotten class (``classes.forget_classes``):
+    a row of the class accepted while its job runs would be deleted with no request and no
+    receipt of its subject. The upload is refused instead (409, nothing written); other labels
+    are not concerned."""
+    r = client.post("/v1/models/faces/classes/1/forget", json={"reason": "asked"}, headers=client.auth("operator"))
+    assert r.status_code == 202, r.text
+    before = _state(db)
+    stranger = [{"subject_id": "stranger", "split": "user", "label": 1, "x": [1.0] * D}]
+    body = problem(_ingest(client, stranger), 409, "class-being-forgotten", "class 1")
+    assert body["label"] == 1 and body["job_id"] == r.json()["id"]
+    assert _state(db) == before
+    other = [{"subject_id": "stranger", "split": "user", "label": 0, "x": [0.0] * D}]
+    assert _ingest(client, other).status_code == 201, "a label no job forgets is not refused"
