@@ -207,6 +207,10 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
                 _complete_at_once(session, req, now, "removed from every model" if req.held_versions else "no samples held")
                 continue
             free = [m for m in sorted(by_model) if m not in busy]
+            if _held(req) and len(free) > 1:
+                # held on a model whose class its subject is: the other models first, or it would be
+                # batched for (and held on) that model every tick and the others would keep its samples
+                free.sort(key=lambda m: classes.is_class_subject(session, req.subject_key, m))
             target = free[0] if free else min(by_model)
         per_model.setdefault(target, []).append(req)
 

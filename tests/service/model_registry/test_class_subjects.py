@@ -204,3 +204,25 @@ def test_a_class_an_active_job_forgets_refuses_new_samples_of_it(client, db, fac
     assert _state(db) == before
     other = [{"subject_id": "stranger", "split": "user", "label": 0, "x": [0.0] * D}]
     assert _ingest(client, other).status_code == 201, "a label no job forgets is not refused"
+
+
+def test_a_request_for_every_model_held_on_a_class_model_still_forgets_the_subject_elsewhere(client, db, settings):
+    """A request covering every model whose subject is a class of model ``duo`` (held there:
+    forgetting the class would leave one class) and holds samples of model ``plain`` too: the
+    scheduler batches it for ``plain`` instead of picking ``duo`` (the lowest id) every tick,
+    where it would stay held and ``plain`` would keep the subject's samples."""
+    _register(client, "duo")
+    assert _ingest(client, _rows({0: "person-0", 1: "person-1"}), name="duo").status_code == 201
+    assert _map(client, [(0, "person-0"), (1, "person-1")], name="duo").status_code == 201
+    _register(client, "plain", subjects_are_classes=False)
+    assert _ingest(client, _rows({0: "person-0", 1: "other-1", 2: "other-2"}), name="plain").status_code == 201
+    r = client.post("/v1/deletion-requests", json={"subject_id": "person-0", "model": None}, headers=client.auth("requester"))
+    assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+    later = utcnow() + timedelta(days=1)
+    ids = {m.name: m.id for m in db.execute(select(Model)).scalars()}
+    assert ids["duo"] < ids["plain"]
+    first = job_service.schedule(db, settings, now=later)  # held on duo (the lowest id)
+    req = db.get(DeletionRequest, __import__("uuid").UUID(r.json()["id"]))
+    assert [j.model_id for j in first] == [] and req.error.startswith(job_service.HOLD_PREFIX)
+    jobs = job_service.schedule(db, settings, now=later + timedelta(seconds=1))
+    assert [j.model_id for j in jobs] == [ids["plain"]] and str(req.id) in jobs[0].config["request_ids"]
