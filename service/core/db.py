@@ -43,6 +43,7 @@ def make_engine(db: DatabaseSettings) -> Engine:
         engine = create_engine(
             url,
             echo=db.echo,
+            hide_parameters=True,  # parameter values (raw subject ids) never in error messages or echo logs
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
             pool_size=db.pool_size,
             max_overflow=db.max_overflow,
@@ -70,6 +71,7 @@ def make_engine(db: DatabaseSettings) -> Engine:
     return create_engine(
         url,
         echo=db.echo,
+        hide_parameters=True,
         pool_size=db.pool_size,
         max_overflow=db.max_overflow,
         pool_pre_ping=db.pool_pre_ping,
