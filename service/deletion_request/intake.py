@@ -62,7 +62,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
         max_size=settings.api.intake_connections,
         kwargs={"autocommit": True},
         check=AsyncConnectionPool.check_connection if db.pool_pre_ping else None,
-        max_lifetime=float(db.pool_recycle_s),
+        max_lifetime=float(db.pool_recycle_s) if db.pool_recycle_s >= 0 else float("inf"),  # -1: SQLAlchemy's "never"
         timeout=POOL_WAIT_S,
         name="lethe-intake",
         open=False,

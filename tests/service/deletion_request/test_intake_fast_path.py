@@ -222,3 +222,23 @@ def test_a_database_error_the_route_cannot_handle_logs_no_raw_subject_id(committ
     assert r.status_code == 500 and "raw-subject-772" not in r.text
     assert "broken_route" in caplog.text and "CheckViolation" in caplog.text and "23514" in caplog.text
     assert "raw-subject-772" not in caplog.text
+
+
+@pytest.mark.parametrize(("recycle", "lifetime"), [(1800, 1800.0), (-1, float("inf"))])
+def test_the_pools_connection_lifetime_follows_pool_recycle(settings, recycle, lifetime):
+    """``pool_recycle_s`` -1 is SQLAlchemy's "never": psycopg_pool would read it as connections
+    already expired (closed and reopened on every return)."""
+    import asyncio  # noqa: PLC0415
+
+    from service.deletion_request import intake  # noqa: PLC0415
+
+    s = settings.model_copy(update={"database": settings.database.model_copy(update={"pool_recycle_s": recycle})})
+
+    async def lifetime_of() -> float:
+        pool = await intake.open_pool(s)
+        try:
+            return pool.max_lifetime
+        finally:
+            await pool.close()
+
+    assert asyncio.run(lifetime_of()) == lifetime
