@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.orm import Session
 
 from service.core.db import get_session
@@ -87,6 +87,8 @@ def revoke_token(session: Session, token_id: int) -> ApiToken | None:
         row.revoked_at = utcnow()
         session.flush()
     forget_token(token_id)
+    # and once it is committed: a lookup that read the row before may have cached it meanwhile
+    event.listen(session, "after_commit", lambda _s: forget_token(token_id), once=True)
     return row
 
 
@@ -122,6 +124,7 @@ def _bearer(request: Request) -> str:
 
 DEFAULT_CACHE_TTL_S = 10.0
 _cache: dict[str, tuple[Principal, float]] = {}
+_forgotten = 0  # forget_token calls so far: a lookup that began before one is not cached
 
 
 def clear_token_cache() -> None:
@@ -130,6 +133,8 @@ def clear_token_cache() -> None:
 
 def forget_token(token_id: int) -> None:
     """Drop a token's cached lookups in this process (revocation takes effect here at once)."""
+    global _forgotten
+    _forgotten += 1
     for digest, (principal, _) in list(_cache.items()):
         if principal.token_id == token_id:
             _cache.pop(digest, None)
@@ -149,6 +154,7 @@ def authenticate(request: Request, session: Session = Depends(get_session, scope
     hit = _cache.get(digest)
     if hit is not None and hit[1] > now:
         return hit[0]
+    forgotten = _forgotten
     principal = principal_for_token(session, token)
     # End the lookup's transaction now: the handler (same session) starts its own, and a
     # handler that works elsewhere never waits for a lock this request holds (SQLite).
@@ -156,7 +162,7 @@ def authenticate(request: Request, session: Session = Depends(get_session, scope
     if principal is None:
         raise Unauthenticated("Unknown or revoked token")
     ttl = _ttl(request)
-    if ttl > 0:
+    if ttl > 0 and forgotten == _forgotten:  # else a revocation may have committed since the read
         if len(_cache) > 10_000:
             _cache.clear()
         _cache[digest] = (principal, now + ttl)

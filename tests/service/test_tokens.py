@@ -143,3 +143,56 @@ def test_cli_client_create_token_list_and_revoke_on_postgres(clean_tables, datab
     finally:
         eng.dispose()
     assert kinds == ["client.created", "token.created", "token.created", "token.revoked"]
+
+
+def test_a_lookup_racing_with_a_revocation_does_not_keep_the_token_cached(clean_tables):
+    """The revoking process stops the token at once, even when a lookup of another request read
+    the row before the revocation committed: cached before the commit (the commit forgets it
+    again), or read before it and cached after (a lookup older than a revocation is not cached)."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+    from starlette.requests import Request  # noqa: PLC0415
+
+    from service.client import tokens  # noqa: PLC0415
+    from service.models import Role  # noqa: PLC0415
+
+    engine = clean_tables
+    with Session(engine) as s:
+        row, raw = tokens.create_token(s, Role.requester, "racy")
+        s.commit()
+        token_id = row.id
+    request = Request({"type": "http", "headers": [(b"authorization", f"Bearer {raw}".encode())],
+                       "app": SimpleNamespace(state=SimpleNamespace())})
+
+    # 1. the racing lookup caches before the revocation commits
+    tokens.clear_token_cache()
+    with Session(engine) as revoking:
+        tokens.revoke_token(revoking, token_id)
+        with Session(engine) as other:
+            assert tokens.authenticate(request, other).token_id == token_id  # reads the row unrevoked
+        assert tokens.cached_principal(request) is not None
+        revoking.commit()
+    assert tokens.cached_principal(request) is None
+
+    # 2. it reads before the revocation commits and caches after
+    with Session(engine) as s:
+        s.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=None))
+        s.commit()
+    tokens.clear_token_cache()
+    real = tokens.principal_for_token
+    with Session(engine) as revoking:
+        tokens.revoke_token(revoking, token_id)
+
+        def read_then_commit(session, token):
+            got = real(session, token)
+            revoking.commit()
+            return got
+
+        tokens.principal_for_token = read_then_commit
+        try:
+            with Session(engine) as other:
+                tokens.authenticate(request, other)
+        finally:
+            tokens.principal_for_token = real
+    assert tokens.cached_principal(request) is None
