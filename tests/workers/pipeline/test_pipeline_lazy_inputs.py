@@ -53,10 +53,7 @@ def test_a_forget_by_downdate_reads_no_retained_inputs_beyond_its_evaluation(rt,
     assert run_job(rt, job_id) == "succeeded"
     calls = _counting(monkeypatch)
     assert run_job(rt, forget_job(rt, model_id, "subject-001", "subject-002")) == "succeeded"
-    if dtype == "mixed":
-        assert calls == []  # solve: kept sums and kept rows; evaluate: head on the kept features
-    else:  # float64 keeps no features: the evaluation reads its retain sample (all 168 here), nothing more
-        assert calls == [len(data["user"][1]) - 12]
+    assert calls == []  # solve: kept sums and kept rows; evaluate: head on the kept features (float64 too)
 
 
 def test_late_reads_go_by_sample_id_after_a_purge_rewrote_the_chunks(rt):

@@ -267,7 +267,7 @@ def test_float64_features_differ_between_batch_shapes_here():
     are not bit for bit those computed in chunks of 60 (so a recomputed row is not the summed row)."""
     model, _, _, x, _ = _offset_problem(200, 0, 1e-3)
     rows = _features_in_chunks(model, x, 60)
-    diffs = {s: float((_features_in_chunks(model, x, s) - rows).abs().max()) for s in (1, 13)}
+    diffs = {s: float((_features_in_chunks(model, x, s) - rows).abs().max()) for s in (1, 2, 13)}
     print(f"float64 feature differences by batch shape (offset {OFFSET:g}): {diffs}")
     assert max(diffs.values()) > 0
 
@@ -285,3 +285,21 @@ def test_float64_chained_downdates_subtract_the_summed_rows_and_the_bound_covers
     kept = model.fitted_gram
     assert kept.F is not None and kept.F.dtype == torch.float64
     assert torch.equal(kept.F, fit_rows[live])  # exactly the rows that were added
+
+
+def test_float64_sums_kept_without_their_rows_are_rebuilt_not_downdated():
+    """Sums a float64 version kept before its rows were kept (an older private artifact: no ``F``)
+    cannot say which rows they hold: forget_downdate refuses them, forget rebuilds D_r's sums."""
+    from workers.unlearning import GramState
+
+    model, method, cfg, x, y = _problem(80, 16, 4, 0, 1.0, 1e-3, 3e-4)
+    src = TensorSource(x, y, chunk_size=30, ids=torch.arange(80))
+    method.fit(model, src, cfg)
+    assert model.fitted_gram.F is not None and model.fitted_gram.F.dtype == torch.float64
+    old = model.fitted_gram.to_tensors()
+    del old["F"]
+    model.fitted_gram = GramState.from_tensors(old)
+    with pytest.raises(InvalidDataError, match="feature rows"):
+        method.forget_downdate(model, None, src.subset(torch.arange(5)), cfg)
+    res = method.forget(model, src.subset(torch.arange(5, 80)), cfg, removed=src.subset(torch.arange(5)))
+    assert res.path == "gram" and model.fitted_gram.F is not None and model.fitted_gram.n == 75
