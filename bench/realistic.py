@@ -228,6 +228,12 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
     lap("private_files")
     sync(device)
     t_job = time.perf_counter() - t0
+    # the next forget job starts by loading these (not in t_job: this process already holds them)
+    t = time.perf_counter()
+    METHOD.load_private(private, cfg)
+    sync(device)
+    t_load = time.perf_counter() - t
+    kept_f = model.fitted_gram.F if model.fitted_gram is not None else None
 
     w = model.flatten(model.user)
     w_star = dense_oracle(model, retained, cfg.l2)
@@ -236,7 +242,9 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
         "dtype": dtype if dtype in ("mixed", "auto") else str(model.dtype_).removeprefix("torch."), "core_train_s": t_core, "fit_s": t_fit, "fit_path": fit.path, "acc_before": acc_before,
         "forget": {"path": res.path, "solve_s": t_solve, "job_s": t_job, "iterations": res.iterations,
                    "residual_norm": res.residual_norm, "converged": res.converged, "parts_s": parts,
-                   "served_bytes": len(served), "private_bytes": sum(len(b) for b in private.values())},
+                   "served_bytes": len(served), "private_bytes": sum(len(b) for b in private.values()),
+                   "gram_bytes": len(private.get("gram", b"")), "kept_features_bytes": 0 if kept_f is None else kept_f.numel() * kept_f.element_size(),
+                   "private_save_s": parts["private_files"], "private_load_s": t_load},
         "metrics": metrics, "bound": bound.to_dict(), "passes_kl_gate": bound.kl_nats <= cfg.max_kl_per_release,
         "exactness": float((w - w_star).norm() / w_star.norm()), "true_kl_nats": true_kl, "bound_covers_true_kl": bound.kl_nats >= true_kl,
     }
@@ -360,6 +368,10 @@ def table(r: dict, library: bool) -> str:
                          f"({'passes' if o['passes_kl_gate'] else 'FAILS'}), {o['true_kl_nats']:.3g}"))
             rows.append((f"dtype {o['dtype']}: " + " / ".join(o["forget"]["parts_s"]) + " s",
                          " / ".join(f"{v:.4f}" for v in o["forget"]["parts_s"].values())))
+            fo = o["forget"]
+            rows.append((f"dtype {o['dtype']}: private files bytes (gram; of which kept features), save / load s",
+                         f"{fo['private_bytes']:,} ({fo['gram_bytes']:,}; {fo['kept_features_bytes']:,}), "
+                         f"{fo['private_save_s']:.4f} / {fo['private_load_s']:.4f}"))
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 

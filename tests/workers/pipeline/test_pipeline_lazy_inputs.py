@@ -1,6 +1,6 @@
 """The forget job reads the retained samples' ids and labels, and their inputs only when a method
 needs them (issue 16): a downdate from kept statistics never does, and the evaluation of a
-float32-prefix model on its kept features neither; late reads go by sample id, so a purge that
+model on its kept features (every prefix precision) neither; late reads go by sample id, so a purge that
 rewrote the chunks in between does not matter."""
 
 from __future__ import annotations
