@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.gram_artifact import gram_artifact_cost  # noqa: E402
 from workers.unlearning import MixedLinearModel, ModelSpec, TensorSource, build_network, get_method  # noqa: E402
 
 METHOD = get_method("mixed_linear")
@@ -228,6 +229,13 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
     lap("private_files")
     sync(device)
     t_job = time.perf_counter() - t0
+    # the next forget job starts by loading these (not in t_job: this process already holds them)
+    t = time.perf_counter()
+    METHOD.load_private(private, cfg)
+    sync(device)
+    t_load = time.perf_counter() - t
+    kept_f = model.fitted_gram.F if model.fitted_gram is not None else None
+    gram_cost = gram_artifact_cost(model.fitted_gram)
 
     w = model.flatten(model.user)
     w_star = dense_oracle(model, retained, cfg.l2)
@@ -236,7 +244,9 @@ def forget_library(d: dict, sz: dict, args, device: torch.device, dtype: str, ke
         "dtype": dtype if dtype in ("mixed", "auto") else str(model.dtype_).removeprefix("torch."), "core_train_s": t_core, "fit_s": t_fit, "fit_path": fit.path, "acc_before": acc_before,
         "forget": {"path": res.path, "solve_s": t_solve, "job_s": t_job, "iterations": res.iterations,
                    "residual_norm": res.residual_norm, "converged": res.converged, "parts_s": parts,
-                   "served_bytes": len(served), "private_bytes": sum(len(b) for b in private.values())},
+                   "served_bytes": len(served), "private_bytes": sum(len(b) for b in private.values()),
+                   "gram_bytes": len(private.get("gram", b"")), "kept_features_bytes": 0 if kept_f is None else kept_f.numel() * kept_f.element_size(),
+                   "private_save_s": parts["private_files"], "private_load_s": t_load, "gram_artifact": gram_cost},
         "metrics": metrics, "bound": bound.to_dict(), "passes_kl_gate": bound.kl_nats <= cfg.max_kl_per_release,
         "exactness": float((w - w_star).norm() / w_star.norm()), "true_kl_nats": true_kl, "bound_covers_true_kl": bound.kl_nats >= true_kl,
     }
@@ -360,6 +370,13 @@ def table(r: dict, library: bool) -> str:
                          f"({'passes' if o['passes_kl_gate'] else 'FAILS'}), {o['true_kl_nats']:.3g}"))
             rows.append((f"dtype {o['dtype']}: " + " / ".join(o["forget"]["parts_s"]) + " s",
                          " / ".join(f"{v:.4f}" for v in o["forget"]["parts_s"].values())))
+            fo = o["forget"]
+            rows.append((f"dtype {o['dtype']}: private files bytes (gram; of which kept features), save / load s",
+                         f"{fo['private_bytes']:,} ({fo['gram_bytes']:,}; {fo['kept_features_bytes']:,}), "
+                         f"{fo['private_save_s']:.4f} / {fo['private_load_s']:.4f}"))
+            for k, g in fo.get("gram_artifact", {}).items():
+                rows.append((f"dtype {o['dtype']}: gram artifact {k.replace('_', ' ')}: bytes, save / load s (best of 3)",
+                             f"{g['bytes']:,}, {g['save_s']:.4f} / {g['load_s']:.4f}"))
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 

@@ -10,7 +10,7 @@ from workers.unlearning.linearized import MixedLinearModel
 
 def _outputs(model: MixedLinearModel, source: TensorSource):
     """f_ML on ``source``, chunk by chunk, with its labels. Samples whose features the model keeps
-    (``fitted_gram.F``: a float32 prefix keeps its fitted set's) go through the head only, on the
+    (``fitted_gram.F``: a prefix keeps its fitted set's) go through the head only, on the
     kept rows (the same features the statistics hold: no prefix pass); others through the network."""
     kept = getattr(model, "fitted_gram", None)
     if kept is not None and kept.F is not None and kept.ids is not None and source.ids is not None and len(kept.ids):

@@ -175,9 +175,12 @@ class MixedLinearModel(nn.Module):
 
     @property
     def keeps_features(self) -> bool:
-        """A float32 prefix does not reproduce its outputs bit for bit across batch shapes: its
-        features are computed once per sample and kept with the Gram sums (``GramState.F``)."""
-        return self.prefix is not None and self.prefix_dtype_ != torch.float64
+        """A prefix does not reproduce its outputs bit for bit across batch shapes, in float32 nor
+        in float64 (BLAS picks kernels and blockings by shape; a float64 difference is ~u·‖W‖‖x‖
+        per layer, far above ~u·‖φ‖ where the features come out of a cancellation): its
+        features are computed once per sample and kept with the Gram sums (``GramState.F``),
+        so a downdate subtracts exactly the rows that were added."""
+        return self.prefix is not None
 
     @property
     def train_dtype(self) -> torch.dtype:

@@ -84,12 +84,14 @@ class GramState:
     that are in it, each once (a second removal of the same sample is refused).
 
     ``F`` (optional; rows aligned with ``ids``, on the CPU, in the prefix's dtype): the fitted
-    samples' features exactly as they were summed. A float32 prefix (``dtype: mixed``) does not
-    reproduce its outputs bit for bit across batch shapes (different kernels; ~1e-8 here, more on
-    a GPU), and a downdate that subtracted *recomputed* features would leave an error in the sums
-    that no rounding term covers. So with a float32 prefix the features are computed once per
-    sample and kept: a downdate subtracts the kept rows, and the model's ``f_ML`` on its fitted
-    set is defined by them (the evaluation of retained samples reuses them too)."""
+    samples' features exactly as they were summed. A prefix does not reproduce its outputs bit
+    for bit across batch shapes (BLAS picks kernels and blockings by shape; float32 ~1e-8 here,
+    more on a GPU; float64 too, by ~u·‖W‖‖x‖, which a cancellation in the prefix makes far larger
+    than u·‖φ‖), and a downdate that subtracted *recomputed* features would leave an error in the
+    sums that no rounding term covers (tests/workers/unlearning/test_unlearning_downdate_bound.py
+    shows a float64 bound 383× too small that way). So the features are computed once per sample
+    and kept, for every prefix precision: a downdate subtracts the kept rows, and the model's
+    ``f_ML`` on its fitted set is defined by them (the evaluation of retained samples reuses them too)."""
 
     G: torch.Tensor
     B: torch.Tensor

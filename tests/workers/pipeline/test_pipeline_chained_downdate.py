@@ -4,6 +4,7 @@ exact against a dense float64 retrain; every bound covers the true KL."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from pipeline_support import file_request, ingest, load_all, make_data, register_model
 from sqlalchemy import select
@@ -110,11 +111,13 @@ def test_ten_chained_forgets_downdate_the_kept_gram_and_stay_exact(rt, monkeypat
     assert calls == {"rebuild": 0, "downdate": 10}
 
 
-def test_mixed_precision_chained_forgets_downdate_by_kept_features_and_stay_exact(rt, monkeypatch):
-    """dtype: mixed (what auto means on CUDA) through the pipeline: a float32 prefix, float64 head
-    and user weights; three chained forgets downdate the kept sums by the kept feature rows, and
-    every version equals the dense float64 solve on exactly the features it keeps (which are the
-    float32 prefix's outputs of the retained samples), with the bound above the true KL."""
+@pytest.mark.parametrize("dtype", ["mixed", "float64"])
+def test_chained_forgets_downdate_by_kept_features_and_stay_exact(rt, monkeypatch, dtype):
+    """dtype: mixed (what auto means on CUDA: a float32 prefix, float64 head and user weights) and
+    float64 (issue 16b: its rows depend on the batch shape too) through the pipeline; three chained
+    forgets downdate the kept sums by the kept feature rows, and every version equals the dense
+    float64 solve on exactly the features it keeps (which are the prefix's outputs of the retained
+    samples), with the bound above the true KL."""
     from safetensors.torch import load as st_load
 
     from service.model_registry import repository as registry_repo
@@ -124,8 +127,8 @@ def test_mixed_precision_chained_forgets_downdate_by_kept_features_and_stay_exac
 
     data = make_data(n_subjects=30, per_subject=6)
     with rt.session_factory.begin() as s:
-        m = register_model(s, "chainmixed")
-        m.method_config = {**m.method_config, "dtype": "mixed"}
+        m = register_model(s, f"chain{dtype}")
+        m.method_config = {**m.method_config, "dtype": dtype}
         load_all(s, rt.store, m, data)
         model_id = m.id
         job_id = job_service.create_job(s, rt.settings, m, JobKind.train, actor="test").id
@@ -147,12 +150,13 @@ def test_mixed_precision_chained_forgets_downdate_by_kept_features_and_stay_exac
             assert v.number == k + 2 and v.bound["guarantee"] == "certified" and not rebuilds  # the downdate, no fallback
             kept = GramState.from_tensors(st_load(rt.store.read_bytes(arts["gram"])))
             labels = dict(s.execute(select(Sample.id, Sample.label).where(Sample.id.in_(kept.ids.tolist()))).all())
-        private = load_model_from_bytes(rt.store.read_bytes(arts["weights"]), dtype="mixed")
-        assert kept.F is not None and kept.F.dtype == torch.float32 and len(kept.ids) == int(live.sum()) == len(labels)
+        private = load_model_from_bytes(rt.store.read_bytes(arts["weights"]), dtype=dtype)
+        assert kept.F is not None and kept.F.dtype == private.prefix_dtype_ and len(kept.ids) == int(live.sum()) == len(labels)
         # the kept rows are the float32 prefix's features of exactly the retained samples
         phi = private.features(torch.from_numpy(xu[live])).double()
         F = kept.F.double()
-        assert torch.allclose(F.T @ F, phi.T @ phi, rtol=1e-5, atol=1e-5)
+        tol = 1e-5 if dtype == "mixed" else 1e-12
+        assert torch.allclose(F.T @ F, phi.T @ phi, rtol=tol, atol=tol)
         # dense float64 solve on the kept features (numpy; none of the library's sums or solvers)
         lin = [mod for mod in private.head.modules() if isinstance(mod, torch.nn.Linear)][0]
         Wc, bc = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()

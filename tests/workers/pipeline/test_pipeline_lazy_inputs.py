@@ -1,6 +1,6 @@
 """The forget job reads the retained samples' ids and labels, and their inputs only when a method
 needs them (issue 16): a downdate from kept statistics never does, and the evaluation of a
-float32-prefix model on its kept features neither; late reads go by sample id, so a purge that
+model on its kept features (every prefix precision) neither; late reads go by sample id, so a purge that
 rewrote the chunks in between does not matter."""
 
 from __future__ import annotations
@@ -53,10 +53,7 @@ def test_a_forget_by_downdate_reads_no_retained_inputs_beyond_its_evaluation(rt,
     assert run_job(rt, job_id) == "succeeded"
     calls = _counting(monkeypatch)
     assert run_job(rt, forget_job(rt, model_id, "subject-001", "subject-002")) == "succeeded"
-    if dtype == "mixed":
-        assert calls == []  # solve: kept sums and kept rows; evaluate: head on the kept features
-    else:  # float64 keeps no features: the evaluation reads its retain sample (all 168 here), nothing more
-        assert calls == [len(data["user"][1]) - 12]
+    assert calls == []  # solve: kept sums and kept rows; evaluate: head on the kept features (float64 too)
 
 
 def test_late_reads_go_by_sample_id_after_a_purge_rewrote_the_chunks(rt):

@@ -184,7 +184,7 @@ class MixedLinear:
         if fitted is None or fitted.ids is None or retained.ids is None or len(retained) == 0:
             return None
         if not MixedLinear._sums_fit_the_model(model, fitted):
-            return None  # kept under another prefix precision: rebuild D_r's sums from its samples
+            return None  # kept under another prefix precision, or without rows: rebuild D_r's sums from its samples
         if removed is not None and len(removed) and removed.ids is None:
             return None
         kept = fitted.ids.cpu()
@@ -221,7 +221,7 @@ class MixedLinear:
         if not self._sums_fit_the_model(model, fitted):
             raise InvalidDataError(
                 "the kept Gram sums were computed under another prefix precision than this model's "
-                f"({model.precision!r}: a float32 prefix needs the features kept with its sums): refit to downdate"
+                f"({model.precision!r}), or kept without their feature rows: refit to downdate"
             )
         gone = self._removed_ids(fitted, removed)
         if len(removed) >= fitted.n:
@@ -241,8 +241,10 @@ class MixedLinear:
 
     @staticmethod
     def _sums_fit_the_model(model: MixedLinearModel, fitted: GramState) -> bool:
-        """A float32 prefix recomputes features only up to its rounding, so its sums are downdated
-        by kept rows alone; kept rows serve only a model whose prefix computes in their dtype."""
+        """A prefix recomputes features only up to its rounding (float64 too: it depends on the
+        batch shape), so sums are downdated by kept rows alone (sums kept without rows, as before
+        issue 16b for float64, are rebuilt); kept rows serve only a model whose prefix computes in
+        their dtype."""
         if fitted.F is None:
             return not model.keeps_features
         return model.keeps_features and fitted.F.dtype == model.prefix_dtype_
@@ -250,8 +252,9 @@ class MixedLinear:
     @staticmethod
     def _removed_features(model: MixedLinearModel, fitted: GramState, removed: TensorSource, gone: torch.Tensor):
         """(features, labels) chunks of the removed samples: the kept rows, in the order of ``gone``
-        (their sorted ids), when the sums kept their features (exactly what was added); else
-        computed by the prefix."""
+        (their sorted ids), when the sums kept their features (exactly what was added: every
+        model with a prefix keeps them, :meth:`_sums_fit_the_model`); else — no prefix, the
+        features are the inputs themselves, reproduced exactly — computed again."""
         if fitted.F is None:  # sums only: row order does not matter
             yield from ((model.features(x), y) for x, y in removed)
             return
