@@ -269,6 +269,8 @@ def test_float64_features_differ_between_batch_shapes_here():
     rows = _features_in_chunks(model, x, 60)
     diffs = {s: float((_features_in_chunks(model, x, s) - rows).abs().max()) for s in (1, 2, 13)}
     print(f"float64 feature differences by batch shape (offset {OFFSET:g}): {diffs}")
+    if max(diffs.values()) == 0:  # a property of the BLAS, not of Lethe: say so rather than fail elsewhere
+        pytest.skip("this machine's BLAS gives batch-invariant float64 features: the premise does not show here")
     assert max(diffs.values()) > 0
 
 
