@@ -121,6 +121,10 @@ _EXTRA: dict[tuple[str, str], dict[int, dict[str, Any] | None]] = {
                              "deletion request, a row breaks a mapped class (subjects_are_classes), or an active job "
                              "is forgetting a row's class"},
     },
+    ("/v1/models/{name}/retire", "post"): {
+        409: {"description": "The model has an active job (named in the body) or is already retired"},
+        422: {"description": "The body is invalid (a reason is required)"},
+    },
     ("/v1/models/{name}/classes/{label}/forget", "post"): {
         409: {"description": "An active job; or the label has no training sample (never existed or already forgotten), "
                              "its subjects hold other classes too, fewer than two classes would remain, or one of them has an open request"},

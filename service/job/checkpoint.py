@@ -69,6 +69,7 @@ async def upload_checkpoint(name: str, request: Request, response: Response, ses
     if media not in MEDIA:
         raise UnsupportedMediaType(f"Unsupported Content-Type {media or 'none'!r}", accepted=list(MEDIA))
     model = await anyio.to_thread.run_sync(registry.get_model, session, name)
+    registry.ensure_not_retired(model)
     if model.family not in CHECKPOINT_FAMILIES:
         raise Conflict(f"model {name!r} is of family {model.family!r}; checkpoints are for the families {', '.join(CHECKPOINT_FAMILIES)}",
                        model=name)

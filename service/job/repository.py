@@ -242,3 +242,20 @@ def stopped_model_ids(session: Session) -> set[int]:
     return set(session.execute(
         select(Job.model_id).where(Job.status == JobStatus.failed.value, Job.acknowledged_at.is_(None)).distinct()
     ).scalars())
+
+
+def retired_model_ids(session: Session) -> set[int]:
+    return set(session.execute(select(Model.id).where(Model.state == "retired")).scalars())
+
+
+def open_requests_touching(session: Session, model_id: int) -> list[DeletionRequest]:
+    """Row-locked, oldest first (the scheduler's order): the model's own open requests, and the
+    queued requests for every model (``model_id`` NULL)."""
+    open_ = [s.value for s in (RequestStatus.received, RequestStatus.awaiting_approval, RequestStatus.queued, RequestStatus.processing)]
+    return list(session.execute(
+        select(DeletionRequest)
+        .where(or_(and_(DeletionRequest.model_id == model_id, DeletionRequest.status.in_(open_)),
+                   and_(DeletionRequest.model_id.is_(None), DeletionRequest.status == RequestStatus.queued.value)))
+        .order_by(DeletionRequest.created_at, DeletionRequest.id)
+        .with_for_update()
+    ).scalars())

@@ -21,7 +21,7 @@ from service.core.pagination import decode_cursor, encode_cursor
 from service.client.tokens import Principal, require
 from service.job import repository as repo
 from service.job import service
-from service.job.schemas import ClassForget, JobAcknowledge, JobPage, JobRead, ZeroCreate
+from service.job.schemas import ClassForget, JobAcknowledge, JobPage, JobRead, ModelRetire, RetireResult, ZeroCreate
 from service.models import Job, JobKind, JobStatus, Role
 
 router = APIRouter(tags=["jobs"])
@@ -164,6 +164,24 @@ def forget_class(
     """Forget a whole class now (a model whose subjects are its classes; method of kind ``class``)."""
     model = service.get_model(session, name)
     return _started(session, service.forget_class(session, request.app.state.settings, model, label, body.reason, who.actor), response)
+
+
+@router.post("/v1/models/{name}/retire", response_model=RetireResult, responses={**CONFLICT, **NOT_FOUND})
+def retire(
+    name: str,
+    body: ModelRetire,
+    session: Session = Depends(get_session, scope="function"),
+    who: Principal = Depends(require(Role.operator)),
+) -> RetireResult:
+    """Retire a model (operator, reason required): every live version revoked (``410`` on its
+    manifest and weights), its aliases cleared, its samples purged, and every open deletion
+    request for it (held ones included) completed with a receipt saying the model was retired and
+    no version of it is served. It then accepts no samples, mapping, checkpoint or job (``409
+    model-retired``). ``409`` when it has an active job or is already retired; nothing is written then."""
+    model = service.get_model(session, name)
+    numbers, closed = service.retire_model(session, model, body.reason.strip() or body.reason, who.actor)
+    return RetireResult(model=model.name, state=model.state, state_reason=model.state_reason, versions_revoked=numbers,
+                        requests_completed=closed)
 
 
 @router.post("/v1/models/{name}/zero", response_model=JobRead, status_code=202, responses={**CONFLICT, **NOT_FOUND})

@@ -46,6 +46,22 @@ class ClassForget(BaseModel):
     reason: str = Field(..., min_length=1, max_length=1000, description="why the class is forgotten (kept in the audit log)")
 
 
+class ModelRetire(BaseModel):
+    """Body of ``POST /v1/models/{name}/retire``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(..., min_length=1, max_length=1000, description="why the model is retired (kept in the audit log and the receipts)")
+
+
+class RetireResult(BaseModel):
+    model: str
+    state: str = Field(description="retired")
+    state_reason: str | None
+    versions_revoked: list[int] = Field(description="the numbers of the versions revoked now (every one still live)")
+    requests_completed: int = Field(description="open deletion requests for this model completed with the retired receipt")
+
+
 class ZeroCreate(BaseModel):
     """Body of ``POST /v1/models/{name}/zero`` (optional)."""
 

@@ -37,10 +37,12 @@ from service.core.errors import Conflict, IllegalTransition, NotFound
 from service.job.outbox import QUEUE_DEFAULT, QUEUE_GPU, enqueue
 from service.deletion_request.service import close_request, mark_class_requests, open_for_subject_keys
 from service.job import repository as repo
-from service.model_registry import classes
+from service.model_registry import classes, publication
+from service.model_registry import service as registry
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
+    ModelVersion,
     DeletionRequest,
     Job,
     JobKind,
@@ -56,6 +58,7 @@ TASK_PURGE = "pipeline.purge"
 SYSTEM = "system:scheduler"
 WORKER = "system:worker"
 HOLD_PREFIX = "held:"
+RETIRED_NOTE = "model retired: no version of it is served (no clean version)"
 HOLD_REASON = HOLD_PREFIX + " class {label}: forgetting this class would leave fewer than two classes: retire the model"
 RETRAIN_REASON = "subjects have core samples: Newton forgetting cannot remove them, so the core network and user weights are retrained without them"
 
@@ -123,7 +126,11 @@ def create_job(
 ) -> Job:
     """Insert a queued job and its outbox message; attach the requests (``processing``).
 
-    Raises :class:`ActiveJobExists` (409, naming the active job) when the model has one."""
+    Raises :class:`ActiveJobExists` (409, naming the active job) when the model has one, and 409
+    ``model-retired`` for a retired model. The model row is read ``FOR SHARE`` first: a
+    concurrent retirement (which locks it ``FOR UPDATE``) either waits for this job and then
+    refuses (an active job), or commits first and this job is refused."""
+    registry.ensure_not_retired(publication.lock_model(session, model.id, share=True))
     existing = repo.active_job(session, model.id)
     if existing is not None:
         raise _active_conflict(model, existing)
@@ -172,13 +179,19 @@ def create_job(
     return job
 
 
-def _complete_at_once(session: Session, req: DeletionRequest, now: datetime, note: str) -> None:
-    """A request with nothing (left) to remove: completed now, raw subject id cleared."""
+def _complete_at_once(session: Session, req: DeletionRequest, now: datetime, note: str, *, retired: bool = False,
+                      actor: str = SYSTEM) -> None:
+    """A request with nothing (left) to remove: completed now, raw subject id cleared. For a
+    retired model the receipt says so (``decision_reason``) and names no clean version."""
     req.samples_removed = req.samples_removed or 0
     req.held_versions = req.held_versions or []
     req.job_id = None if req.model_id is None else req.job_id
-    close_request(session, req, RequestStatus.completed, actor=SYSTEM, kind="request.completed", now=now,
-                  payload={"request_id": str(req.id), "samples_removed": req.samples_removed, "note": note})
+    if retired:
+        req.decision_reason = note
+        req.error = None  # no longer held
+    close_request(session, req, RequestStatus.completed, actor=actor, kind="request.completed", now=now,
+                  payload={"request_id": str(req.id), "samples_removed": req.samples_removed, "note": note,
+                           **({"model_retired": True, "clean_version": None, "held_versions": req.held_versions} if retired else {})})
 
 
 def schedule(session: Session, settings: Settings, *, now: datetime | None = None, force_model_id: int | None = None) -> list[Job]:
@@ -194,10 +207,14 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
         return []
     held = repo.holdings(session, {r.subject_key for r in queued})
     busy = repo.active_model_ids(session)
+    retired = repo.retired_model_ids(session)
     per_model: dict[int, list[DeletionRequest]] = {}
     for req in queued:
         by_model = held.get(req.subject_key, {})
         if req.model_id is not None:
+            if req.model_id in retired:
+                _complete_at_once(session, req, now, RETIRED_NOTE, retired=True)
+                continue
             if req.model_id not in by_model:
                 _complete_at_once(session, req, now, "no samples held")
                 continue
@@ -224,7 +241,7 @@ def schedule(session: Session, settings: Settings, *, now: datetime | None = Non
     for model_id, reqs in per_model.items():
         model = models.get(model_id)
         forced = force_model_id == model_id
-        if model is None or model_id in busy or (model_id in stopped and not forced):
+        if model is None or model.state == registry.RETIRED or model_id in busy or (model_id in stopped and not forced):
             continue
         groups = _kinds_apart(session, model, reqs, now) if model.subjects_are_classes and classes.serves_classes(model) else [(reqs, {})]
         # the first due batch, oldest request first (run now: the oldest)
@@ -309,6 +326,7 @@ def forget_now(session: Session, settings: Settings, model: Model, actor: str) -
     409 :class:`ActiveJobExists` when the model already has a job (it names the job), 409
     :class:`NothingToForget` when no queued request needs this model (requests whose subject
     it does not hold complete at once, and that is committed)."""
+    registry.ensure_not_retired(model)
     existing = repo.active_job(session, model.id)
     if existing is not None:
         raise _active_conflict(model, existing)
@@ -339,6 +357,7 @@ def forget_class(session: Session, settings: Settings, model: Model, label: int,
     or is already forgotten), when a subject of it holds samples of another label (a class
     subject owns its class only), or when fewer than two classes would remain; 409 for an
     active job or an open request of one of its subjects. Nothing is written then."""
+    registry.ensure_not_retired(model)
     if not classes.serves_classes(model):
         raise NoClassForgetting(f"model '{model.name}' uses {model.method!r}, which forgets samples, not classes")
     existing = repo.active_job(session, model.id)
@@ -636,3 +655,48 @@ def succeed_job(session: Session, settings: Settings, job: Job, version_id: int,
 
 def enqueue_purge(session: Session, model_id: int, task_id: str) -> None:
     enqueue(session, TASK_PURGE, task_id=task_id, args=[model_id], queue=QUEUE_DEFAULT)
+
+
+def retire_model(session: Session, model: Model, reason: str, actor: str) -> tuple[list[int], int]:
+    """Retire a model (operator): it stops serving and accepts nothing new; nothing is written
+    unless it succeeds. Returns (numbers of the versions revoked, requests completed).
+
+    409 ``model-retired`` when it already is; 409 :class:`ActiveJobExists` (naming the job) when
+    it has an active job (the model row is locked first, so no job opens meanwhile). Then, in
+    this transaction: every live version revoked and every alias cleared, the samples and class
+    mapping deleted, state ``retired`` (:func:`publication.retire`); every open request for this
+    model (received, awaiting approval, queued — held ones included) completed with a receipt
+    that says the model was retired and names no clean version (``decision_reason``), with the
+    versions that held the subject and its sample count; a request for every model whose subject
+    the model held records the same and stays queued for the other models (the scheduler then
+    completes or routes it); audited ``model.retired``; the purge (chunk rewrite, revoked files)
+    sent through the outbox."""
+    now = utcnow()
+    # the requests first, then the model: the scheduler's order (queued rows, then the model row
+    # FOR SHARE in create_job), so the two never wait on each other in a cycle
+    reqs = repo.open_requests_touching(session, model.id)
+    model = publication.lock_model(session, model.id)
+    registry.ensure_not_retired(model)
+    existing = repo.active_job(session, model.id)
+    if existing is not None:
+        raise _active_conflict(model, existing)
+    versions = list(session.execute(select(ModelVersion).where(ModelVersion.model_id == model.id)).scalars())
+    holdings = publication.subject_holdings(session, model.id, [r.subject_key for r in reqs])
+    for req in reqs:
+        holding = holdings.get(req.subject_key)
+        if holding:
+            req.held_versions = list(req.held_versions or []) + [
+                {"model": model.name, "number": v.number} for v in publication.held_versions(versions, holding)]
+            req.samples_removed = (req.samples_removed or 0) + holding["samples"]
+    revoked = publication.retire(session, model, reason, actor, now)
+    closed = 0
+    for req in reqs:
+        if req.model_id == model.id:
+            _complete_at_once(session, req, now, f"{RETIRED_NOTE}; reason: {reason}"[:2000], retired=True, actor=actor)
+            closed += 1
+    append_event(session, actor=actor, kind="model.retired", payload={
+        "model": model.name, "reason": reason, "versions_revoked": [v.number for v in revoked], "requests_completed": closed})
+    for v in revoked:
+        append_event(session, actor=actor, kind="version.revoked", payload={"model": model.name, "number": v.number, "reason": "model retired"})
+    enqueue_purge(session, model.id, task_id=f"purge-retire-{model.id}")
+    return [v.number for v in revoked], closed

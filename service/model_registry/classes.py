@@ -199,8 +199,12 @@ def guard_upload(session: Session, model: Model, keys: Sequence[str], labels: Se
     * on a mapped class, a row of the label from another subject, or of the subject with
       another label (the mapping's invariant; see the module docstring)."""
     present = sorted(set(labels))
+    # row-locked: two uploads renewing one class's consent at once would both lift the same
+    # tombstone (a StaleDataError or a duplicate mapping row: a 500). The second waits here for the
+    # first's commit, then finds the tombstone gone and the class mapped again: an ordinary upload.
     stones = list(session.execute(select(ClassTombstone).where(
-        ClassTombstone.model_id == model.id, ClassTombstone.label.in_(present))).scalars()) if present else []
+        ClassTombstone.model_id == model.id, ClassTombstone.label.in_(present)).order_by(ClassTombstone.label)
+        .with_for_update()).scalars()) if present else []
     for stone in stones:
         row = list(labels).index(stone.label)
         foreign = stone.subject_key is not None and any(lbl == stone.label and k != stone.subject_key for k, lbl in zip(keys, labels, strict=True))

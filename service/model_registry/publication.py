@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from service.model_registry.service import move_alias
-from service.models import Model, ModelAlias, ModelVersion, Sample, SubjectTombstone, VersionArtifact, VersionState
+from service.audit.service import append_event
+from service.model_registry import manifest_cache
+from service.model_registry.service import RETIRED, move_alias
+from service.models import ClassSubject, Model, ModelAlias, ModelVersion, Sample, SubjectTombstone, VersionArtifact, VersionState
 from service.webhook import events
 
 IN_CHUNK = 1000
@@ -36,8 +38,8 @@ def held_versions(versions: Iterable[ModelVersion], holding: Mapping[str, Any]) 
     return [v for v in versions if v.sample_watermark is not None and v.sample_watermark >= low]
 
 
-def lock_model(session: Session, model_id: int) -> Model:
-    return session.execute(select(Model).where(Model.id == model_id).with_for_update()).scalar_one()
+def lock_model(session: Session, model_id: int, *, share: bool = False) -> Model:
+    return session.execute(select(Model).where(Model.id == model_id).with_for_update(read=share)).scalar_one()
 
 
 def next_number(session: Session, model_id: int) -> int:
@@ -128,3 +130,47 @@ def subjects_still_held(session: Session, keys: Iterable[str]) -> set[str]:
     if not keys:
         return set()
     return set(session.execute(select(Sample.subject_key).where(Sample.subject_key.in_(keys)).distinct()).scalars())
+
+
+# ----------------------------------------------------------------------------- retirement
+def retire(session: Session, model: Model, reason: str, actor: str, now: datetime) -> list[ModelVersion]:
+    """The model registry's half of retiring a model (same transaction as the rest): every live
+    version revoked (``version.revoked`` webhook event each, as a publish revokes), every alias
+    cleared (an alias never points at a revoked version; audited ``alias.cleared``), the
+    manifest caches told, every sample row and class mapping row deleted (the purge that follows
+    rewrites the chunks and deletes the revoked versions' files), and the model's state set to
+    ``retired`` with the reason. Returns the versions revoked now."""
+    live = list(session.execute(select(ModelVersion).where(
+        ModelVersion.model_id == model.id, ModelVersion.state == VersionState.live.value).order_by(ModelVersion.number)).scalars())
+    for v in live:
+        v.state = VersionState.revoked.value
+        v.revoked_at = now
+        v.revoked_reason = f"model retired: {reason}"[:200]
+        events.version_event(session, events.VERSION_REVOKED, v, model.name)
+    numbers = {v.id: v.number for v in live}
+    for alias in session.execute(select(ModelAlias).where(ModelAlias.model_id == model.id).with_for_update()).scalars().all():
+        append_event(session, actor=actor, kind="alias.cleared",
+                     payload={"model": model.name, "alias": alias.name, "from": numbers.get(alias.version_id), "reason": "model retired"})
+        session.delete(alias)
+    manifest_cache.changed(session)
+    session.execute(delete(Sample).where(Sample.model_id == model.id))
+    session.execute(delete(ClassSubject).where(ClassSubject.model_id == model.id))
+    model.state, model.state_reason = RETIRED, reason[:2000]
+    session.flush()
+    return live
+
+
+def subject_holdings(session: Session, model_id: int, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """subject key -> {"samples", "core", "min_user_sample_id"} for the model (the shape
+    :func:`held_versions` reads)."""
+    keys = sorted(set(keys))
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(keys), IN_CHUNK):
+        rows = session.execute(
+            select(Sample.subject_key, func.count(), func.count().filter(Sample.split == "core"),
+                   func.min(Sample.id).filter(Sample.split == "user"))
+            .where(Sample.model_id == model_id, Sample.subject_key.in_(keys[i : i + IN_CHUNK])).group_by(Sample.subject_key)
+        ).all()
+        for key, n, core, low in rows:
+            out[key] = {"samples": int(n), "core": int(core), "min_user_sample_id": low}
+    return out

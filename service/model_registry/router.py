@@ -153,6 +153,7 @@ def map_class_subjects(name: str, body: ClassSubjectsUpload, request: Request, s
     class-subject-mismatch`` (the label has samples of other subjects, or the subject of other
     labels)."""
     model = service.get_model(session, name)
+    service.ensure_not_retired(model)
     pairs = [(row.label, row.subject_id) for row in body.classes]
     new, unchanged, total = classes.map_subjects(session, _secret(request), model, pairs, who.actor)
     return ClassSubjectsResult(mapped=new, unchanged=unchanged, classes_mapped=total)

@@ -146,7 +146,8 @@ class ModelRead(BaseModel):
     subjects_are_classes: bool = False
     classes_mapped: int = Field(0, description="labels with a subject in the label -> subject mapping")
     forgotten_classes: list[int] = Field(default_factory=list, description="labels forgotten (tombstoned): new samples carrying them are refused")
-    state: str = Field(description="ready | invalid (an uploaded checkpoint failed validation; state_reason says why)")
+    state: str = Field(description="ready | invalid (an uploaded checkpoint failed validation; state_reason says why) | "
+                       "retired (POST /v1/models/{name}/retire: nothing served, nothing new accepted; state_reason is the reason)")
     state_reason: str | None
     batch_window_s: int
     batch_size: int

@@ -67,6 +67,25 @@ class AliasTargetRevoked(Conflict):
     type, title = "alias-target-revoked", "An alias cannot point at a revoked version"
 
 
+class ModelRetired(Conflict):
+    type, title = "model-retired", "The model is retired"
+
+
+class ModelRetiredGone(Gone):
+    type, title = "model-retired", "The model is retired; no version of it is served"
+
+
+RETIRED = "retired"
+
+
+def ensure_not_retired(model: Model) -> None:
+    """409 ``model-retired`` before anything is written for a retired model (samples, mapping,
+    train, forget, checkpoint, zero)."""
+    if model.state == RETIRED:
+        raise ModelRetired(f"Model '{model.name}' is retired ({model.state_reason or 'no reason'}); it accepts nothing new",
+                           model=model.name)
+
+
 class SubjectHasOpenRequest(Conflict):
     type, title = "subject-deletion-pending", "The subject has an open deletion request"
 
@@ -196,6 +215,7 @@ def ingest(
     orphan. That is harmless: files are content-addressed (a retry reuses the same name) and
     nothing points at it; the sweeper's purge of ``samples/<model>`` may delete it.
     """
+    ensure_not_retired(model)
     keys = [subject_key(secret, s) for s in upload.subject_ids]
     unique = sorted(set(keys))
     renewed = _aware(consent_renewed_at)
@@ -246,6 +266,9 @@ def resolve_version(session: Session, model: Model, ref: str) -> ModelVersion:
     (see :func:`live_or_gone`)."""
     if ref in ALIASES:
         alias = repo.alias_row(session, model.id, ref)
+        if alias is None and model.state == RETIRED:
+            raise ModelRetiredGone(f"Model '{model.name}' is retired ({model.state_reason or 'no reason'}); no version of it is served",
+                                   model=model.name)
         if alias is None:
             raise VersionNotFound(f"Model '{model.name}' has no '{ref}' version yet")
         return repo.version_by_id(session, alias.version_id)
@@ -259,8 +282,9 @@ def resolve_version(session: Session, model: Model, ref: str) -> ModelVersion:
 
 def live_or_gone(version: ModelVersion, model: Model) -> ModelVersion:
     if version.state == VersionState.revoked.value:
+        why = "the model was retired" if model.state == RETIRED else "it held data of deleted subjects"
         raise VersionRevoked(
-            f"Version {version.number} of '{model.name}' was revoked (it held data of deleted subjects)",
+            f"Version {version.number} of '{model.name}' was revoked ({why})",
             revoked_at=_aware(version.revoked_at).isoformat() if version.revoked_at else None,
         )
     return version

@@ -48,6 +48,7 @@ RULES: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/v1/models/{name}/forget-now"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/classes/{label}/forget"): {"operator", "admin"},
     ("POST", "/v1/models/{name}/zero"): {"operator", "admin"},
+    ("POST", "/v1/models/{name}/retire"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/retry"): {"operator", "admin"},
     ("POST", "/v1/jobs/{job_id}/acknowledge"): {"operator", "admin"},
     ("GET", "/v1/jobs"): {"operator", "auditor", "admin"},
