@@ -42,12 +42,12 @@ from service.model_registry import service as registry
 from service.model_registry.service import get_model  # noqa: F401  (re-exported for the job routes)
 from service.models import (
     ACTIVE_JOB_STATUSES,
-    ModelVersion,
     DeletionRequest,
     Job,
     JobKind,
     JobStatus,
     Model,
+    ModelVersion,
     RequestStatus,
 )
 from service.models._types import utcnow
