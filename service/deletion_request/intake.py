@@ -48,6 +48,7 @@ IDEMPOTENCY_KEY_MAX = 200  # the route's Header(max_length=...)
 # beyond it wait on the event loop) before the route is left to answer.
 POOL_WAIT_S = 10.0
 IDLE_CONNECTIONS = 4
+APPLICATION_NAME = "lethe-intake"  # the pool's connections in pg_stat_activity
 
 
 async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
@@ -60,7 +61,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
         url.set(drivername="postgresql").render_as_string(hide_password=False),
         min_size=min(IDLE_CONNECTIONS, settings.api.intake_connections),  # grows under load, shrinks when idle
         max_size=settings.api.intake_connections,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "application_name": APPLICATION_NAME},
         check=AsyncConnectionPool.check_connection if db.pool_pre_ping else None,
         max_lifetime=float(db.pool_recycle_s) if db.pool_recycle_s >= 0 else float("inf"),  # -1: SQLAlchemy's "never"
         timeout=POOL_WAIT_S,

@@ -242,3 +242,52 @@ def test_the_pools_connection_lifetime_follows_pool_recycle(settings, recycle, l
             await pool.close()
 
     assert asyncio.run(lifetime_of()) == lifetime
+
+
+def _intake_backends(engine) -> int:
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from service.deletion_request import intake  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        return conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                           {"n": intake.APPLICATION_NAME})
+
+
+def test_a_startup_that_fails_after_the_pool_opened_leaves_no_pool_open(engine, settings, monkeypatch):
+    """The lifespan closes the intake pool (and the manifest listener) when a later startup step
+    raises, not only at shutdown."""
+    import time  # noqa: PLC0415
+
+    from service import main  # noqa: PLC0415
+    from service.deletion_request import intake  # noqa: PLC0415
+    from service.model_registry import manifest_cache  # noqa: PLC0415
+    from tests.conftest import ApiClient  # noqa: PLC0415
+
+    opened, seen = [], {}
+    real_open = intake.open_pool
+
+    async def open_and_wait(s):
+        pool = await real_open(s)
+        await pool.wait(timeout=10)  # its connections exist before startup fails
+        opened.append(pool)
+        return pool
+
+    def failing_rekey(factory):
+        seen["backends"] = _intake_backends(engine)
+        seen["listeners"] = len(manifest_cache._live)
+        raise RuntimeError("rekey failed")
+
+    monkeypatch.setattr(intake, "open_pool", open_and_wait)
+    monkeypatch.setattr(main, "_rekey_audit_chain", failing_rekey)
+    before = len(manifest_cache._live)
+    app = create_app(settings)
+    with pytest.raises(RuntimeError, match="rekey failed"), ApiClient(app):
+        pass
+    assert len(opened) == 1 and seen["backends"] >= intake.IDLE_CONNECTIONS and seen["listeners"] == before + 1
+    assert opened[0].closed
+    assert app.state.manifests is not None and app.state.manifests not in manifest_cache._live
+    deadline = time.monotonic() + 5
+    while _intake_backends(engine) and time.monotonic() < deadline:  # a backend ends just after its close
+        time.sleep(0.05)
+    assert _intake_backends(engine) == 0
