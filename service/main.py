@@ -34,19 +34,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.method_configs = config_classes()  # every method's config, found once (torch-free)
         engine = make_engine(settings.database)
         app.state.engine = engine
-        app.state.session_factory = make_session_factory(engine)
-        app.state.store = make_store(settings.storage)
         from service.model_registry.manifest_cache import ManifestCache
 
-        app.state.manifests = ManifestCache(engine) if settings.api.manifest_cache else None
-        app.state.intake_pool = await intake.open_pool(settings)
-        app.state.intake_session_factory = app.state.session_factory
-        _rekey_audit_chain(app.state.session_factory)
-        # A store that cannot be used is said at startup, clearly; /readyz keeps saying which.
-        problem = await anyio.to_thread.run_sync(_check_storage, app.state.store)
-        if problem != "ok":
-            log.error("artifact store unavailable: %s", problem)
+        # Everything opened from here on is closed in the ``finally``, also when startup fails
+        # after it opened (a rekey or storage check that raises leaves no pool or listener behind).
+        app.state.manifests = app.state.intake_pool = None
         try:
+            app.state.session_factory = make_session_factory(engine)
+            app.state.store = make_store(settings.storage)
+            app.state.manifests = ManifestCache(engine) if settings.api.manifest_cache else None
+            app.state.intake_pool = await intake.open_pool(settings)
+            app.state.intake_session_factory = app.state.session_factory
+            _rekey_audit_chain(app.state.session_factory)
+            # A store that cannot be used is said at startup, clearly; /readyz keeps saying which.
+            problem = await anyio.to_thread.run_sync(_check_storage, app.state.store)
+            if problem != "ok":
+                log.error("artifact store unavailable: %s", problem)
             yield
         finally:
             if app.state.manifests is not None:

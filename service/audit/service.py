@@ -123,28 +123,45 @@ def append_event(
     keys: AuditKeys | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction. Never pass raw subject ids."""
+    return append_events(session, [{"actor": actor, "kind": kind, "subject_key": subject_key, "payload": payload}],
+                         keys=keys)[0]
+
+
+def append_events(session: Session, items: list[dict[str, Any]], *, keys: AuditKeys | None = None) -> list[AuditEvent]:
+    """Append events (each a dict of ``actor``, ``kind``, optional ``subject_key`` and
+    ``payload``) to the chain in the given order, inside the caller's transaction: one lock, one
+    read of the head and one flush for all of them. Each event is what :func:`append_event` would
+    have appended in its turn. Never pass raw subject ids."""
+    if not items:
+        return []
     keys = keys or audit_keys.current()
     _lock(session)
     last = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
-    seq = 1 if last is None else last.seq + 1
+    seq = 0 if last is None else last.seq
     prev = GENESIS if last is None else last.hash
-    at = utcnow()
-    clean = _json_safe(payload or {})
     key_id = keys.current_hmac_id
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        actor=actor,
-        kind=kind,
-        subject_key=subject_key,
-        payload=clean,
-        prev_hash=prev,
-        key_id=key_id,
-        hash=keys.link(key_id, prev, canonical(seq, at, actor, kind, subject_key, clean, key_id)),
-    )
-    session.add(event)
+    appended = []
+    for item in items:
+        seq += 1
+        at = utcnow()
+        actor, kind, subject_key = item["actor"], item["kind"], item.get("subject_key")
+        clean = _json_safe(item.get("payload") or {})
+        event = AuditEvent(
+            seq=seq,
+            at=at,
+            actor=actor,
+            kind=kind,
+            subject_key=subject_key,
+            payload=clean,
+            prev_hash=prev,
+            key_id=key_id,
+            hash=keys.link(key_id, prev, canonical(seq, at, actor, kind, subject_key, clean, key_id)),
+        )
+        prev = event.hash
+        appended.append(event)
+    session.add_all(appended)
     session.flush()
-    return event
+    return appended
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -16,6 +16,11 @@ does not validate, a replay, a merge or an unknown model (the insert creates not
 database error. The route then answers as it always did (its own problem responses, the
 portable path), so what a client can observe is the route's behaviour.
 
+During a database outage the fast path gets out of the way: a create waits at most
+``POOL_WAIT_S`` for a connection (each connection attempt bounded by ``CONNECT_TIMEOUT_S``), and
+after a connection error every create goes straight to the route for ``DOWN_S`` before the pool is
+tried again. A timeout because every connection is busy (load) does not count as an outage.
+
 Active only on PostgreSQL, with ``api.intake_fast_path`` on, and while the application's session
 factory is the one its lifespan built (a test that rebinds it to a rolled-back connection gets
 the route).
@@ -24,9 +29,10 @@ the route).
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,9 +51,16 @@ log = logging.getLogger("lethe.intake")
 PATH = "/v1/deletion-requests"
 IDEMPOTENCY_KEY_MAX = 200  # the route's Header(max_length=...)
 # How long a create waits for one of the pool's connections (``api.intake_connections``; creates
-# beyond it wait on the event loop) before the route is left to answer.
-POOL_WAIT_S = 10.0
+# beyond it wait on the event loop) before the route is left to answer. Short: during a database
+# outage a longer wait only delays the route's own answer (its 503 or its 202).
+POOL_WAIT_S = 2.0
+# A bound on opening one of the pool's connections (libpq's ``connect_timeout``; 2 s is its least).
+CONNECT_TIMEOUT_S = 2
+# After the pool could not give a connection (an outage, not a full pool), creates go straight
+# to the route for this long without waiting on the pool; the next create then tries it again.
+DOWN_S = 5.0
 IDLE_CONNECTIONS = 4
+APPLICATION_NAME = "lethe-intake"  # the pool's connections in pg_stat_activity
 
 
 async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
@@ -60,7 +73,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool | None:
         url.set(drivername="postgresql").render_as_string(hide_password=False),
         min_size=min(IDLE_CONNECTIONS, settings.api.intake_connections),  # grows under load, shrinks when idle
         max_size=settings.api.intake_connections,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "application_name": APPLICATION_NAME, "connect_timeout": CONNECT_TIMEOUT_S},
         check=AsyncConnectionPool.check_connection if db.pool_pre_ping else None,
         max_lifetime=float(db.pool_recycle_s) if db.pool_recycle_s >= 0 else float("inf"),  # -1: SQLAlchemy's "never"
         timeout=POOL_WAIT_S,
@@ -83,7 +96,8 @@ class IntakeFastPath:
             return
         state = scope["app"].state
         pool = getattr(state, "intake_pool", None)
-        if pool is None or state.session_factory is not state.intake_session_factory:
+        if (pool is None or state.session_factory is not state.intake_session_factory
+                or time.monotonic() < getattr(state, "intake_down_until", 0.0)):
             await self.app(scope, receive, send)
             return
         body, replayed = await read_body(receive)
@@ -139,6 +153,8 @@ async def _create(state, pool: AsyncConnectionPool, scope: Scope, body: bytes) -
         async with pool.connection() as conn:
             got = await repo.insert_with_policy_on(conn, values, **service.one_statement_policy(data))
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) and not _full(pool, exc):
+            state.intake_down_until = time.monotonic() + DOWN_S  # no connection: the route answers for now
         # The route tries again on its own connection and answers (a retry of a create that did
         # commit is a replay or a merge there, never a duplicate). The error's class and SQLSTATE
         # only: its message and DETAIL ("Failing row contains (…)") can hold the raw subject_id.
@@ -149,3 +165,12 @@ async def _create(state, pool: AsyncConnectionPool, scope: Scope, body: bytes) -
         return None
     result = service.one_statement_result(values, data, got)
     return result.request.model_dump_json().encode(), f"{PATH}/{result.request.id}".encode()
+
+
+def _full(pool: AsyncConnectionPool, exc: psycopg.Error) -> bool:
+    """A wait that timed out because every connection the pool may hold is in use (load, not an
+    outage: the fast path stays on)."""
+    if not isinstance(exc, PoolTimeout):
+        return False
+    stats = pool.get_stats()
+    return stats["pool_size"] >= stats["pool_max"] and stats["pool_available"] == 0

@@ -44,6 +44,8 @@ Closing
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
@@ -52,7 +54,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from service.audit.service import append_event
+from service.audit.service import append_event, append_events
 from service.core.db import mark_erased
 from service.core.errors import Conflict, IllegalTransition, ModelNotFound, NotFound, ProblemError
 from service.core.pagination import decode_cursor, encode_cursor, split_page
@@ -429,20 +431,45 @@ def close_request(
     """The one way a request reaches a final status (completed, denied, cancelled), used by the
     API and the dashboard (:func:`transition`), the scheduler and the publishing worker: the
     status, the raw subject id and the open key cleared, the audit event appended."""
+    with closing_requests(session, status, actor=actor, kind=kind, now=now) as close:
+        close(row, payload)
+
+
+@contextmanager
+def closing_requests(
+    session: Session,
+    status: RequestStatus,
+    *,
+    actor: str,
+    kind: str,
+    now: datetime | None = None,
+) -> Iterator[Callable[[DeletionRequest, dict[str, Any]], None]]:
+    """:func:`close_request` for many requests in one go (the publishing worker's batch): each
+    ``close(row, payload)`` changes the row and adds its webhook event at once (in the caller's
+    order, between any other events the caller adds); on leaving, the rows are written in one
+    flush and their audit events appended in the same order in one go. Rows, webhook events and
+    audit events are those :func:`close_request` one at a time would have written."""
     if status not in FINAL_STATUSES:
         raise ValueError(f"{status.value} is not a final status")
     now = now or utcnow()
-    previous = row.status
-    row.status = status.value
-    row.updated_at = now
-    if status is RequestStatus.completed:
-        row.completed_at = now
-    row.subject_id = None
-    row.open_key = None
-    mark_erased(session)  # embedded SQLite: scrub the WAL of the raw id after this commits
-    session.flush()
-    append_event(session, actor=actor, kind=kind, subject_key=row.subject_key, payload=payload)
-    events.request_changed(session, row, previous, now=now)
+    audit: list[dict[str, Any]] = []
+
+    def close(row: DeletionRequest, payload: dict[str, Any]) -> None:
+        previous = row.status
+        row.status = status.value
+        row.updated_at = now
+        if status is RequestStatus.completed:
+            row.completed_at = now
+        row.subject_id = None
+        row.open_key = None
+        audit.append({"actor": actor, "kind": kind, "subject_key": row.subject_key, "payload": payload})
+        events.request_changed(session, row, previous, now=now)
+
+    yield close
+    if audit:
+        mark_erased(session)  # embedded SQLite: scrub the WAL of the raw id after this commits
+        session.flush()
+        append_events(session, audit)
 
 
 # action -> (statuses it may start from, status it leads to, audit event kind)

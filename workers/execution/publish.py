@@ -7,7 +7,8 @@ This module keeps the lock, the fencing check and the order; the domains own the
    batch's subjects, move the aliases (``service.model_registry.publication``);
 3. tombstone the subjects and delete their sample rows (same domain); for a class request, the
    class's remaining samples and mapping rows too, and tombstone the label (``classes``);
-4. close the batch's requests with the first clean version (``service.deletion_request.close_request``);
+4. close the batch's requests with the first clean version (``service.deletion_request.closing_requests``:
+   one flush and one audit append for the batch);
 5. append the audit events (``version.published``, ``version.revoked``);
 6. send the purge through the outbox and mark the job ``succeeded`` (``service.job``).
 
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import uuid
 
-from service.audit.service import append_event, sign_checkpoint
+from service.audit.service import append_events, sign_checkpoint
 from service.core.db import scrub_deleted
-from service.deletion_request.service import close_request
+from service.deletion_request.service import closing_requests
 from service.job import repository as job_repo
 from service.job import service as job_service
 from service.core.storage import ArtifactCorrupt, digest_of
@@ -114,40 +115,40 @@ def _publish(rt: Runtime, job_id: uuid.UUID, attempt: int, cp: dict) -> ModelVer
 
         # 4. the batch's requests
         still_held = publication.subjects_still_held(session, [r.subject_key for r in reqs if r.model_id is None])
-        for req in reqs:
-            info = holdings.get(req.subject_key, {"samples": 0})
-            held = list(req.held_versions or []) + [{"model": model.name, "number": n} for n in held_by.get(req.subject_key, [])]
-            req.held_versions = held
-            req.samples_removed = (req.samples_removed or 0) + int(info["samples"])
-            req.clean_version_id = version.id
-            if req.subject_key in class_of:
-                req.kind = "class"
-                req.forgotten_classes = list(req.forgotten_classes or []) + [
-                    {"model": model.name, "label": class_of[req.subject_key], "version": version.number}]
-            if req.model_id is None:
-                req.job_id = None
-                if req.subject_key in still_held:
-                    req.status = RequestStatus.queued.value  # next model holding the subject
-                    events.request_changed(session, req, RequestStatus.processing.value, now=now)
-                    continue
-            close_request(session, req, RequestStatus.completed, actor=PUBLISHER, kind="request.completed", now=now,
-                          payload={"request_id": str(req.id), "model": model.name, "clean_version": version.number,
-                                   "job_kind": job.kind, "samples_removed": req.samples_removed, "held_versions": held,
-                                   "kl_nats": bound.get("kl_nats"),
-                                   **({"forgotten_class": class_of[req.subject_key]} if req.subject_key in class_of else {})})
+        with closing_requests(session, RequestStatus.completed, actor=PUBLISHER, kind="request.completed",
+                              now=now) as close:
+            for req in reqs:
+                info = holdings.get(req.subject_key, {"samples": 0})
+                held = list(req.held_versions or []) + [{"model": model.name, "number": n} for n in held_by.get(req.subject_key, [])]
+                req.held_versions = held
+                req.samples_removed = (req.samples_removed or 0) + int(info["samples"])
+                req.clean_version_id = version.id
+                if req.subject_key in class_of:
+                    req.kind = "class"
+                    req.forgotten_classes = list(req.forgotten_classes or []) + [
+                        {"model": model.name, "label": class_of[req.subject_key], "version": version.number}]
+                if req.model_id is None:
+                    req.job_id = None
+                    if req.subject_key in still_held:
+                        req.status = RequestStatus.queued.value  # next model holding the subject
+                        events.request_changed(session, req, RequestStatus.processing.value, now=now)
+                        continue
+                close(req, {"request_id": str(req.id), "model": model.name, "clean_version": version.number,
+                            "job_kind": job.kind, "samples_removed": req.samples_removed, "held_versions": held,
+                            "kl_nats": bound.get("kl_nats"),
+                            **({"forgotten_class": class_of[req.subject_key]} if req.subject_key in class_of else {})})
 
-        # 5. the audit events of the release
-        append_event(
-            session,
-            actor=PUBLISHER,
-            kind="version.published",
-            payload={"model": model.name, "number": version.number, "job_id": str(job.id), "kind": job.kind, "sha256": version.sha256,
-                     "parent": collected.get("parent_number"), "bound": bound, "subjects": len(holdings), "reason": reason,
-                     "gates": evald.get("gates"), "fallback": evald.get("fallback")},
-        )
-        for v in revoked:
-            append_event(session, actor=PUBLISHER, kind="version.revoked",
-                         payload={"model": model.name, "number": v.number, "superseded_by": version.number, "job_id": str(job.id)})
+        # 5. the audit events of the release (in one append, after the requests' events as before)
+        append_events(session, [{
+            "actor": PUBLISHER,
+            "kind": "version.published",
+            "payload": {"model": model.name, "number": version.number, "job_id": str(job.id), "kind": job.kind,
+                        "sha256": version.sha256, "parent": collected.get("parent_number"), "bound": bound,
+                        "subjects": len(holdings), "reason": reason, "gates": evald.get("gates"),
+                        "fallback": evald.get("fallback")},
+        }] + [{"actor": PUBLISHER, "kind": "version.revoked",
+               "payload": {"model": model.name, "number": v.number, "superseded_by": version.number, "job_id": str(job.id)}}
+              for v in revoked])
         sign_checkpoint(session)  # every publish signs the chain's head (DESIGN §10)
 
         # 6. the purge and the job

@@ -242,3 +242,140 @@ def test_the_pools_connection_lifetime_follows_pool_recycle(settings, recycle, l
             await pool.close()
 
     assert asyncio.run(lifetime_of()) == lifetime
+
+
+def _intake_backends(engine) -> int:
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from service.deletion_request import intake  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        return conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                           {"n": intake.APPLICATION_NAME})
+
+
+def test_a_startup_that_fails_after_the_pool_opened_leaves_no_pool_open(engine, settings, monkeypatch):
+    """The lifespan closes the intake pool (and the manifest listener) when a later startup step
+    raises, not only at shutdown."""
+    import time  # noqa: PLC0415
+
+    from service import main  # noqa: PLC0415
+    from service.deletion_request import intake  # noqa: PLC0415
+    from service.model_registry import manifest_cache  # noqa: PLC0415
+    from tests.conftest import ApiClient  # noqa: PLC0415
+
+    opened, seen = [], {}
+    real_open = intake.open_pool
+
+    async def open_and_wait(s):
+        pool = await real_open(s)
+        await pool.wait(timeout=10)  # its connections exist before startup fails
+        opened.append(pool)
+        return pool
+
+    def failing_rekey(factory):
+        seen["backends"] = _intake_backends(engine)
+        seen["listeners"] = len(manifest_cache._live)
+        raise RuntimeError("rekey failed")
+
+    monkeypatch.setattr(intake, "open_pool", open_and_wait)
+    monkeypatch.setattr(main, "_rekey_audit_chain", failing_rekey)
+    before = len(manifest_cache._live)
+    app = create_app(settings)
+    with pytest.raises(RuntimeError, match="rekey failed"), ApiClient(app):
+        pass
+    assert len(opened) == 1 and seen["backends"] >= intake.IDLE_CONNECTIONS and seen["listeners"] == before + 1
+    assert opened[0].closed
+    assert app.state.manifests is not None and app.state.manifests not in manifest_cache._live
+    deadline = time.monotonic() + 5
+    while _intake_backends(engine) and time.monotonic() < deadline:  # a backend ends just after its close
+        time.sleep(0.05)
+    assert _intake_backends(engine) == 0
+
+
+def _closed_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+
+def _run(app, coro):
+    """Run a coroutine on the app's event loop (the test client's portal)."""
+    return app.portal.call(lambda: coro)
+
+
+def test_with_the_database_unreachable_the_route_answers_at_once_and_nothing_is_lost(committed_app, committed_model,
+                                                                                     paths, settings, monkeypatch):
+    """An outage seen by the fast path (its pool pointed at a port nothing listens on): the first
+    create waits at most ``POOL_WAIT_S`` on the pool, then the route answers it; the next ones go
+    straight to the route for ``DOWN_S``; after that the fast path tries its pool again."""
+    import time  # noqa: PLC0415
+
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    from service.deletion_request import intake  # noqa: PLC0415
+
+    monkeypatch.setattr(intake, "DOWN_S", 3.0)
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202  # the route; token cached
+    assert _post(committed_app, subject_id="warm-2", model="m1").status_code == 202 and paths["fast"] == 1
+
+    state = committed_app.app.state
+    good = state.intake_pool
+    down_url = make_url(settings.database.url).set(port=_closed_port()).render_as_string(hide_password=False)
+    down = settings.model_copy(update={"database": settings.database.model_copy(update={"url": down_url})})
+    state.intake_pool = _run(committed_app, intake.open_pool(down))
+    ids, took = [], []
+    try:
+        for i in range(3):
+            t0 = time.monotonic()
+            r = _post(committed_app, key=f"out-{i}", subject_id=f"out-{i}", model="m1")
+            took.append(time.monotonic() - t0)
+            assert r.status_code == 202 and r.headers["lethe-outcome"] == "created", r.text
+            ids.append(r.json()["id"])
+        assert paths == {"fast": 1, "route": 4}
+        assert took[0] < 3.5, took  # one pool wait (POOL_WAIT_S, 2 s), then the route
+        assert max(took[1:]) < 0.75, took  # no pool wait while the fast path is marked down
+    finally:
+        _run(committed_app, state.intake_pool.close())
+        state.intake_pool = good
+
+    # The database is back for the fast path: after DOWN_S it creates again.
+    time.sleep(max(0.0, state.intake_down_until - time.monotonic()) + 0.05)
+    r = _post(committed_app, key="back", subject_id="back", model="m1")
+    assert r.status_code == 202 and paths == {"fast": 2, "route": 4}
+    ids.append(r.json()["id"])
+    with state.session_factory() as s:
+        rows = s.scalars(select(DeletionRequest)).all()
+        assert len(rows) == 6 and {str(x.id) for x in rows} >= set(ids)
+        assert len({x.subject_id for x in rows}) == 6
+        events = s.scalars(select(WebhookEvent)).all()
+        assert sorted(e.data["request_id"] for e in events) == sorted(str(x.id) for x in rows)
+
+
+def test_a_full_pool_is_not_taken_for_an_outage(committed_app, committed_model, paths, settings, monkeypatch):
+    """A create that times out waiting while every connection is in use goes to the route, and
+    the fast path stays on for the next one."""
+    from service.deletion_request import intake  # noqa: PLC0415
+
+    monkeypatch.setattr(intake, "POOL_WAIT_S", 0.3)
+    committed_model(committed_app.app, "m1")
+    assert _post(committed_app, subject_id="warm", model="m1").status_code == 202
+    state = committed_app.app.state
+    good = state.intake_pool
+    one = settings.model_copy(update={"api": settings.api.model_copy(update={"intake_connections": 1})})
+    state.intake_pool = small = _run(committed_app, intake.open_pool(one))
+    try:
+        _run(committed_app, small.wait(timeout=10))
+        held = _run(committed_app, small.getconn())
+        r = _post(committed_app, subject_id="busy", model="m1")
+        assert r.status_code == 202 and paths == {"fast": 0, "route": 2}
+        assert getattr(state, "intake_down_until", 0.0) == 0.0
+        _run(committed_app, small.putconn(held))
+        assert _post(committed_app, subject_id="free", model="m1").status_code == 202 and paths["fast"] == 1
+    finally:
+        _run(committed_app, small.close())
+        state.intake_pool = good
+    assert _count(committed_app) == 3
