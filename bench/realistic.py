@@ -159,7 +159,7 @@ def dense_oracle(model: MixedLinearModel, retained: TensorSource, mu: float) -> 
     """Independent float64 solve of the affine head on D_r from the same features:
     (AᵀA/N + μI) W_aᵀ = Aᵀ(t − f0)/N with A = [φ, 1]; flattened in the model's order."""
     rows, rhs, n = None, None, len(retained)
-    kept = model.fitted_gram.F if model.fitted_gram is not None else None  # a float32 prefix: the features the model keeps
+    kept = model.fitted_gram.F if model.fitted_gram is not None else None  # kept rows (every prefix keeps them): f_ML is defined by them
     with torch.no_grad():
         for i, (x, y) in enumerate(retained):
             if kept is not None:

@@ -67,11 +67,6 @@ def compute_dtypes(device: torch.device, dtype: str | torch.dtype = "auto") -> t
     raise ConfigError(f"dtype must be one of {', '.join(repr(d) for d in DTYPES)}, got {dtype!r}")
 
 
-def compute_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
-    """The head's (user weights') dtype of :func:`compute_dtypes`."""
-    return compute_dtypes(device, dtype)[1]
-
-
 def _param_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))]
 

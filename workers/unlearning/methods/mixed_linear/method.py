@@ -19,7 +19,7 @@ from workers.unlearning.gates import GateResult, check_gates
 from workers.unlearning.linearized import MixedLinearModel
 from workers.unlearning.methods.base import ModelSpec
 from workers.unlearning.methods.mixed_linear.config import MixedLinearConfig
-from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_sums
+from workers.unlearning.objective import GramState, Objective, Progress, SolveResult, gram_state, gram_sums
 from workers.unlearning.serialization import load_model_from_bytes, to_bytes
 
 REFINE_ITER_FACTOR = 10  # gate remedy 1: this many times the configured iteration budget
@@ -171,8 +171,7 @@ class MixedLinear:
         fitted = model.fitted_gram
         if len(added):
             _check(model, added, "retained")
-            fitted = fitted + gram_sums(model, ((model.features(x), y) for x, y in added), ids=added.ids,
-                                        keep_features=model.keeps_features and fitted.F is not None)
+            fitted = fitted + gram_state(model, added)  # the plan checked the kept sums fit the model (rows iff a prefix)
         res, _ = self.forget_downdate(model, fitted, gone, cfg, progress)
         res.path = "gram-downdate"
         return res
