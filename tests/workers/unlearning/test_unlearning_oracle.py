@@ -120,7 +120,9 @@ def test_two_releases_differ_and_the_seed_is_not_kept(tiny, caplog):
         # noise of the configured scale around the noise-free weights, which stay in the model
         assert 0.2 * cfg.noise_std < float((a[k] - w[k]).std()) < 5 * cfg.noise_std or a[k].numel() < 4
     assert set(a) == set(w)  # nothing but the user tensors comes back
-    assert caplog.records == []
+    # Lethe's own loggers say nothing of a release (a third-party library's debug record, e.g. on a
+    # lazy import, once made this flaky when every logger counted)
+    assert [r for r in caplog.records if r.name.split(".")[0] in ("workers", "service", "lethe", "root")] == []
 
 
 def test_membership_inference_after_forget_matches_oracle_retrain():
