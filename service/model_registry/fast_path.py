@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.client.tokens import cached_principal
 from service.core.errors import ProblemError
+from service.core.limits import single_headers
 from service.model_registry.router import _serve, cached_answer, manifest_cache_for
 
 # The route's path as Starlette compiles it ({name} and {ref} are str parameters: [^/]+).
@@ -37,6 +38,7 @@ _PATH = re.compile(r"/v1/models/([^/]+)/versions/([^/]+)")
 _WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 _JSON = b"application/json"
 _NO_CACHE = b"no-cache"
+_HEADERS = frozenset((b"authorization", b"if-none-match"))  # each at most once, else the route
 
 
 class ManifestFastPath:
@@ -87,20 +89,12 @@ class ManifestFastPath:
             wait = float(w.group(1))
             if not 0 < wait <= app.state.settings.api.long_poll_max_s:
                 return None
-        auth = if_none_match = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                if auth is not None:
-                    return None
-                auth = value
-            elif key == b"if-none-match":
-                if if_none_match is not None:
-                    return None
-                if_none_match = value
-            elif key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
-                return None  # a GET with a body: unusual, the route's business
-        if auth is None:
+        headers = single_headers(scope["headers"], _HEADERS)
+        if headers is None or b"authorization" not in headers:
             return None
+        if any(key == b"transfer-encoding" or (key == b"content-length" and value != b"0") for key, value in scope["headers"]):
+            return None  # a GET with a body: unusual, the route's business
+        if_none_match = headers.get(b"if-none-match")
         try:
             principal = cached_principal(Request(scope))
             if principal is None:
