@@ -159,18 +159,3 @@ def retire(session: Session, model: Model, reason: str, actor: str, now: datetim
     session.flush()
     return live
 
-
-def subject_holdings(session: Session, model_id: int, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """subject key -> {"samples", "core", "min_user_sample_id"} for the model (the shape
-    :func:`held_versions` reads)."""
-    keys = sorted(set(keys))
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(keys), IN_CHUNK):
-        rows = session.execute(
-            select(Sample.subject_key, func.count(), func.count().filter(Sample.split == "core"),
-                   func.min(Sample.id).filter(Sample.split == "user"))
-            .where(Sample.model_id == model_id, Sample.subject_key.in_(keys[i : i + IN_CHUNK])).group_by(Sample.subject_key)
-        ).all()
-        for key, n, core, low in rows:
-            out[key] = {"samples": int(n), "core": int(core), "min_user_sample_id": low}
-    return out
