@@ -7,8 +7,9 @@ apply as before) and in front of the router. It answers ``GET /v1/models/{name}/
 only when the answer is a manifest-cache hit, with the same checks and the same answer as the
 route (``router.get_version``):
 
-* the token from the process's token cache (:func:`service.client.tokens.cached_principal`, the
-  route's own first look) and the route's role check (``router._serve``);
+* the token from the process's token cache (:func:`service.client.tokens.principal_from_cache`:
+  the route's own first look, ``cached_principal``, on the raw header) and the route's role
+  check (``router._serve``);
 * the cache's own freshness (``manifest_cache.py``: LISTEN/NOTIFY, ``PRAGMA data_version``);
 * the hit decision :func:`router.cached_answer`, shared with the route: 200 with the stored body
   and ETag, or 304 for a matching ``If-None-Match``.
@@ -24,10 +25,9 @@ from __future__ import annotations
 
 import re
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.client.tokens import cached_principal
+from service.client.tokens import principal_from_cache
 from service.core.errors import ProblemError
 from service.core.limits import single_headers
 from service.model_registry.router import _serve, cached_answer, manifest_cache_for
@@ -95,11 +95,11 @@ class ManifestFastPath:
         if any(key == b"transfer-encoding" or (key == b"content-length" and value != b"0") for key, value in scope["headers"]):
             return None  # a GET with a body: unusual, the route's business
         if_none_match = headers.get(b"if-none-match")
+        principal = principal_from_cache(headers[b"authorization"].decode("latin-1"))  # None: malformed too
+        if principal is None:
+            return None
         try:
-            principal = cached_principal(Request(scope))
-            if principal is None:
-                return None
             _serve(principal)
-        except ProblemError:  # malformed header (401), role (403): the route says so
+        except ProblemError:  # role (403): the route says so
             return None
         return cached_answer(cache, name, ref, None if if_none_match is None else if_none_match.decode("latin-1"), wait)
