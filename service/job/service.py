@@ -289,7 +289,7 @@ def _kinds_apart(session: Session, model: Model, reqs: list[DeletionRequest], no
     labels: set[int] = set()
     if class_reqs:  # the classes the model can still tell apart: held in ``user``, not masked by the newest version
         newest = repo.newest_live_version(session, model.id)
-        labels = repo.user_labels(session, model.id) - set(((newest.bound or {}) if newest else {}).get("masked_classes") or [])
+        labels = repo.user_labels(session, model.id) - set(registry.masked_classes(newest.bound if newest else None))
     chosen: set[int] = set()
     batch: list[DeletionRequest] = []
     for req in sorted(class_reqs, key=lambda r: (_aware(r.created_at), str(r.id))):
