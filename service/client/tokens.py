@@ -116,9 +116,17 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
         raise Unauthenticated("Missing Authorization header; send 'Authorization: Bearer <token>'")
+    token = _bearer_token(header)
+    if token is None:
+        raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+    return token
+
+
+def _bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization`` value ``Bearer <token>``; None when it is not one."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+        return None
     return value.strip()
 
 
@@ -180,10 +188,8 @@ def principal_from_cache(authorization: str) -> Principal | None:
     """:func:`cached_principal` for a raw ``Authorization`` header value (a pure-ASGI path):
     None when the token is not cached *or* the header is malformed; the caller then takes the
     full path, which answers those."""
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return _cached(value.strip())
+    token = _bearer_token(authorization)
+    return None if token is None else _cached(token)
 
 
 def _cached(token: str) -> Principal | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,6 +122,19 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+def single_headers(headers: Iterable[tuple[bytes, bytes]], names: Collection[bytes]) -> dict[bytes, bytes] | None:
+    """The values of the headers named in ``names`` (lower-case ASGI names) that are present,
+    each sent at most once; None when one of them is repeated (the fast paths then leave the
+    request to the route)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in names:
+            if name in found:
+                return None
+            found[name] = value
+    return found
 
 
 def is_json_media(content_type: bytes) -> bool:

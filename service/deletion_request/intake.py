@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.client.tokens import may, principal_from_cache
 from service.core.config import Settings
-from service.core.limits import is_json_media, read_body
+from service.core.limits import is_json_media, read_body, single_headers
 from service.core.security import subject_key
 from service.deletion_request import repository as repo
 from service.deletion_request import service
@@ -50,6 +50,7 @@ log = logging.getLogger("lethe.intake")
 
 PATH = "/v1/deletion-requests"
 IDEMPOTENCY_KEY_MAX = 200  # the route's Header(max_length=...)
+_HEADERS = frozenset((b"content-type", b"authorization", b"idempotency-key"))  # each at most once, else the route
 # How long a create waits for one of the pool's connections (``api.intake_connections``; creates
 # beyond it wait on the event loop) before the route is left to answer. Short: during a database
 # outage a longer wait only delays the route's own answer (its 503 or its 202).
@@ -121,23 +122,14 @@ class IntakeFastPath:
 
 async def _create(state, pool: AsyncConnectionPool, scope: Scope, body: bytes) -> tuple[bytes, bytes] | None:
     """(JSON body, Location) of a created request; None: the route is to answer."""
-    content_type = authorization = idempotency_key = None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            if content_type is not None:
-                return None
-            content_type = value
-        elif name == b"authorization":
-            if authorization is not None:
-                return None
-            authorization = value
-        elif name == b"idempotency-key":
-            if idempotency_key is not None:
-                return None
-            idempotency_key = value.decode("latin-1")
-            if not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
-                return None
+    headers = single_headers(scope["headers"], _HEADERS)
+    if headers is None:
+        return None
+    content_type, authorization = headers.get(b"content-type"), headers.get(b"authorization")
     if content_type is None or authorization is None or not is_json_media(content_type):
+        return None
+    idempotency_key = headers[b"idempotency-key"].decode("latin-1") if b"idempotency-key" in headers else None
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
         return None
     principal = principal_from_cache(authorization.decode("latin-1"))
     if principal is None or not may(principal, Role.requester):

@@ -289,7 +289,7 @@ def _kinds_apart(session: Session, model: Model, reqs: list[DeletionRequest], no
     labels: set[int] = set()
     if class_reqs:  # the classes the model can still tell apart: held in ``user``, not masked by the newest version
         newest = repo.newest_live_version(session, model.id)
-        labels = repo.user_labels(session, model.id) - set(((newest.bound or {}) if newest else {}).get("masked_classes") or [])
+        labels = repo.user_labels(session, model.id) - set(registry.masked_classes(newest.bound if newest else None))
     chosen: set[int] = set()
     batch: list[DeletionRequest] = []
     for req in sorted(class_reqs, key=lambda r: (_aware(r.created_at), str(r.id))):
@@ -681,10 +681,10 @@ def retire_model(session: Session, model: Model, reason: str, actor: str) -> tup
     if existing is not None:
         raise _active_conflict(model, existing)
     versions = list(session.execute(select(ModelVersion).where(ModelVersion.model_id == model.id)).scalars())
-    holdings = publication.subject_holdings(session, model.id, [r.subject_key for r in reqs])
+    holdings = repo.subject_holdings(session, model.id, sorted({r.subject_key for r in reqs}))
     for req in reqs:
-        holding = holdings.get(req.subject_key)
-        if holding:
+        holding = holdings[req.subject_key]
+        if holding["samples"]:
             req.held_versions = list(req.held_versions or []) + [
                 {"model": model.name, "number": v.number} for v in publication.held_versions(versions, holding)]
             req.samples_removed = (req.samples_removed or 0) + holding["samples"]

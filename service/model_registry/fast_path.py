@@ -7,8 +7,9 @@ apply as before) and in front of the router. It answers ``GET /v1/models/{name}/
 only when the answer is a manifest-cache hit, with the same checks and the same answer as the
 route (``router.get_version``):
 
-* the token from the process's token cache (:func:`service.client.tokens.cached_principal`, the
-  route's own first look) and the route's role check (``router._serve``);
+* the token from the process's token cache (:func:`service.client.tokens.principal_from_cache`:
+  the route's own first look, ``cached_principal``, on the raw header) and the route's role
+  check (``router._serve``);
 * the cache's own freshness (``manifest_cache.py``: LISTEN/NOTIFY, ``PRAGMA data_version``);
 * the hit decision :func:`router.cached_answer`, shared with the route: 200 with the stored body
   and ETag, or 304 for a matching ``If-None-Match``.
@@ -24,11 +25,11 @@ from __future__ import annotations
 
 import re
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.client.tokens import cached_principal
+from service.client.tokens import principal_from_cache
 from service.core.errors import ProblemError
+from service.core.limits import single_headers
 from service.model_registry.router import _serve, cached_answer, manifest_cache_for
 
 # The route's path as Starlette compiles it ({name} and {ref} are str parameters: [^/]+).
@@ -37,6 +38,7 @@ _PATH = re.compile(r"/v1/models/([^/]+)/versions/([^/]+)")
 _WAIT = re.compile(rb"wait=([0-9]{1,6}(?:\.[0-9]{1,6})?)")
 _JSON = b"application/json"
 _NO_CACHE = b"no-cache"
+_HEADERS = frozenset((b"authorization", b"if-none-match"))  # each at most once, else the route
 
 
 class ManifestFastPath:
@@ -87,25 +89,17 @@ class ManifestFastPath:
             wait = float(w.group(1))
             if not 0 < wait <= app.state.settings.api.long_poll_max_s:
                 return None
-        auth = if_none_match = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                if auth is not None:
-                    return None
-                auth = value
-            elif key == b"if-none-match":
-                if if_none_match is not None:
-                    return None
-                if_none_match = value
-            elif key == b"transfer-encoding" or (key == b"content-length" and value != b"0"):
-                return None  # a GET with a body: unusual, the route's business
-        if auth is None:
+        headers = single_headers(scope["headers"], _HEADERS)
+        if headers is None or b"authorization" not in headers:
+            return None
+        if any(key == b"transfer-encoding" or (key == b"content-length" and value != b"0") for key, value in scope["headers"]):
+            return None  # a GET with a body: unusual, the route's business
+        if_none_match = headers.get(b"if-none-match")
+        principal = principal_from_cache(headers[b"authorization"].decode("latin-1"))  # None: malformed too
+        if principal is None:
             return None
         try:
-            principal = cached_principal(Request(scope))
-            if principal is None:
-                return None
             _serve(principal)
-        except ProblemError:  # malformed header (401), role (403): the route says so
+        except ProblemError:  # role (403): the route says so
             return None
         return cached_answer(cache, name, ref, None if if_none_match is None else if_none_match.decode("latin-1"), wait)

@@ -83,13 +83,18 @@ def revoke_holders(session: Session, model: Model, version: ModelVersion, holdin
         for v in held:
             if v.state == VersionState.live.value:
                 to_revoke[v.id] = v
-    for v in to_revoke.values():
+    revoke(session, model, to_revoke.values(), reason=reason, now=now)
+    session.flush()
+    return held_by, list(to_revoke.values())
+
+
+def revoke(session: Session, model: Model, versions: Iterable[ModelVersion], *, reason: str, now: datetime) -> None:
+    """Revoke ``versions`` (a ``version.revoked`` webhook event each); the caller flushes."""
+    for v in versions:
         v.state = VersionState.revoked.value
         v.revoked_at = now
         v.revoked_reason = reason[:200]
         events.version_event(session, events.VERSION_REVOKED, v, model.name)
-    session.flush()
-    return held_by, list(to_revoke.values())
 
 
 def move_aliases_on_publish(session: Session, model: Model, version: ModelVersion, revoked: Sequence[ModelVersion], actor: str) -> None:
@@ -142,11 +147,7 @@ def retire(session: Session, model: Model, reason: str, actor: str, now: datetim
     ``retired`` with the reason. Returns the versions revoked now."""
     live = list(session.execute(select(ModelVersion).where(
         ModelVersion.model_id == model.id, ModelVersion.state == VersionState.live.value).order_by(ModelVersion.number)).scalars())
-    for v in live:
-        v.state = VersionState.revoked.value
-        v.revoked_at = now
-        v.revoked_reason = f"model retired: {reason}"[:200]
-        events.version_event(session, events.VERSION_REVOKED, v, model.name)
+    revoke(session, model, live, reason=f"model retired: {reason}", now=now)
     numbers = {v.id: v.number for v in live}
     for alias in session.execute(select(ModelAlias).where(ModelAlias.model_id == model.id).with_for_update()).scalars().all():
         append_event(session, actor=actor, kind="alias.cleared",
@@ -159,18 +160,3 @@ def retire(session: Session, model: Model, reason: str, actor: str, now: datetim
     session.flush()
     return live
 
-
-def subject_holdings(session: Session, model_id: int, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """subject key -> {"samples", "core", "min_user_sample_id"} for the model (the shape
-    :func:`held_versions` reads)."""
-    keys = sorted(set(keys))
-    out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(keys), IN_CHUNK):
-        rows = session.execute(
-            select(Sample.subject_key, func.count(), func.count().filter(Sample.split == "core"),
-                   func.min(Sample.id).filter(Sample.split == "user"))
-            .where(Sample.model_id == model_id, Sample.subject_key.in_(keys[i : i + IN_CHUNK])).group_by(Sample.subject_key)
-        ).all()
-        for key, n, core, low in rows:
-            out[key] = {"samples": int(n), "core": int(core), "min_user_sample_id": low}
-    return out

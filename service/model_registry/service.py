@@ -312,13 +312,13 @@ def manifest_with_aliases(session: Session, model: Model, v: ModelVersion, alias
         family=model.family, method=model.method, architecture=model.architecture, architecture_config=model.architecture_config,
         linearize=model.linearize, input_shape=model.input_shape, num_classes=model.num_classes,
         target_scale=float((model.method_config or {}).get("target_scale", 1.0)), metrics=v.metrics or {}, bound=v.bound or {},
-        masked_classes=_masked(v.bound), state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
+        masked_classes=masked_classes(v.bound), state=v.state, revoked_at=_aware(v.revoked_at), aliases=aliases,
         weights_url=f"/v1/models/{model.name}/versions/{v.number}/weights",
         audit_checkpoint=checkpoint_dict(cp) if cp is not None else None,
     )
 
 
-def _masked(bound: dict[str, Any] | None) -> list[int]:
+def masked_classes(bound: dict[str, Any] | None) -> list[int]:
     """The classes a version no longer knows, from its bound (written once, at publish)."""
     got = (bound or {}).get("masked_classes") or []
     return sorted(int(c) for c in got if isinstance(c, int) and not isinstance(c, bool)) if isinstance(got, list) else []
